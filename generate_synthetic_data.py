@@ -1,0 +1,370 @@
+"""Simulate UHSR-style spike-camera data from still images (SPEC §3).
+
+Camera model, per pixel p and frame t (threshold units, theta ~ 1):
+    acc_p += rate * I_p(t) * (shot noise) + dark_p           integrate-and-fire
+    if acc_p >= theta_p (+ jitter):  spike, acc_p -= theta_p
+I_p(t) is the grey image in [0,1] translated along a straight path across the T frames (the
+UHSR captures show images drifting 5-6 px on a screen). The accumulator starts uniform in
+[0, theta). Fixed-pattern noise (threshold variation, dark current, hot pixels) belongs to the
+sensor, so it is drawn once per dataset from the seed and shared by every sample.
+
+Output: `<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` with `spk` uint8 [T,250,250],
+`label` int64, `label_name` (the source file, as in UHSR) and `gt` uint8 [250,250], the clean
+centre frame. Train files are numbered 0..N-1 and test files continue from N (as U-CALTECH).
+
+    python generate_synthetic_data.py --dataset cifar --num_train 20 --num_test 5
+    python generate_synthetic_data.py --dataset cifar --source_dir ../shared/datasets/cifar10-test
+"""
+import argparse
+import dataclasses
+import multiprocessing as mp
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dataset import CLASS_NAMES, DATASET_DIRS, class_index
+
+FRAME_SIZE = 250  # UHSR frames are 250x250
+
+
+@dataclasses.dataclass
+class CameraConfig:
+    rate: float = 0.065                 # firing probability of a white pixel per frame
+    photons_per_threshold: float = 64.0  # shot noise: Poisson photons per threshold (0 = off)
+    dark_current: float = 0.002         # mean dark increment per frame (threshold units)
+    dark_current_spread: float = 0.39   # its per-pixel relative std (SCSim: 0.17 / 0.44)
+    threshold_std: float = 0.03         # fixed-pattern threshold variation (relative)
+    threshold_jitter: float = 0.01      # temporal threshold noise (relative std per frame)
+    hot_pixel_fraction: float = 2e-4    # pixels with a large dark current
+    hot_pixel_rate: float = 0.3         # their extra increment per frame
+    motion_px: tuple = (4.0, 7.0)       # total drift over the stream, uniform in this range
+    jitter_px: float = 0.1              # per-frame positional jitter (std, px)
+
+
+LIGHT = {
+    # REDS_BASE-like: a white pixel fires on 60% of the frames
+    "normal": CameraConfig(rate=0.6),
+    # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
+    "low": CameraConfig(rate=0.065),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The camera
+
+def make_sensor(cfg, size, seed):
+    """Fixed-pattern properties of one sensor: per-pixel threshold and dark current [H, W]."""
+    rng = np.random.default_rng([seed, 0x5E750])
+    threshold = 1.0 + cfg.threshold_std * rng.standard_normal(size)
+    threshold = np.clip(threshold, 0.5, 1.5).astype(np.float32)
+    dark = cfg.dark_current * (1.0 + cfg.dark_current_spread * rng.standard_normal(size))
+    dark = np.clip(dark, 0.0, None)
+    hot = rng.random(size) < cfg.hot_pixel_fraction
+    dark[hot] += cfg.hot_pixel_rate
+    return threshold, dark.astype(np.float32)
+
+
+def translate(canvas, dy, dx, size):
+    """Bilinear crop of `size` from the centre of `canvas`, shifted by (dy, dx) pixels."""
+    margin = (canvas.shape[0] - size[0]) // 2
+    y0, x0 = margin + dy, margin + dx
+    iy, ix = int(np.floor(y0)), int(np.floor(x0))
+    fy, fx = y0 - iy, x0 - ix
+    h, w = size
+    a = canvas[iy:iy + h, ix:ix + w]
+    b = canvas[iy:iy + h, ix + 1:ix + w + 1]
+    c = canvas[iy + 1:iy + h + 1, ix:ix + w]
+    d = canvas[iy + 1:iy + h + 1, ix + 1:ix + w + 1]
+    return (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
+
+
+def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAME_SIZE)):
+    """Run the camera over a moving image.
+
+    canvas: float32 [H+2m, W+2m] grey image in [0,1] with a margin m for the motion.
+    Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame).
+    """
+    threshold, dark = sensor
+    margin = (canvas.shape[0] - size[0]) // 2
+    # straight drift through the centre of the stream, plus a little jitter
+    angle = rng.uniform(0, 2 * np.pi)
+    length = min(rng.uniform(*cfg.motion_px), 2 * (margin - 2))
+    t = (np.arange(num_frames) - (num_frames - 1) / 2) / max(num_frames - 1, 1)
+    dy = t * length * np.sin(angle) + cfg.jitter_px * rng.standard_normal(num_frames)
+    dx = t * length * np.cos(angle) + cfg.jitter_px * rng.standard_normal(num_frames)
+    dy = np.clip(dy, -(margin - 1), margin - 1)
+    dx = np.clip(dx, -(margin - 1), margin - 1)
+
+    acc = rng.uniform(0, 1, size).astype(np.float32) * threshold
+    spk = np.zeros((num_frames, *size), dtype=np.uint8)
+    q = cfg.photons_per_threshold
+    for f in range(num_frames):
+        signal = cfg.rate * translate(canvas, dy[f], dx[f], size)
+        if q > 0:
+            signal = rng.poisson(signal * q) / q
+        acc += signal.astype(np.float32) + dark
+        theta = threshold
+        if cfg.threshold_jitter > 0:
+            theta = threshold * (1 + cfg.threshold_jitter * rng.standard_normal(size)).astype(np.float32)
+        fired = acc >= theta
+        spk[f] = fired
+        acc -= fired * theta
+    gt = translate(canvas, 0.0, 0.0, size)
+    gt = np.clip(np.round(gt * 255), 0, 255).astype(np.uint8)
+    return spk, gt
+
+
+def image_to_canvas(img, size=FRAME_SIZE, margin=8):
+    """PIL image -> float32 grey canvas [size+2m, size+2m] in [0,1], filling the frame."""
+    side = size + 2 * margin
+    img = img.convert("L")
+    w, h = img.size
+    scale = side / min(w, h)
+    img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in offline source: procedural images, one (shape, texture) pair per class so that no
+# two classes share a latent image. Instances vary in position, size, rotation and contrast.
+
+SHAPES = ["disk", "square", "triangle", "ring", "cross", "star", "bar", "ellipse", "diamond",
+          "hexagon"]
+TEXTURES = ["solid", "hstripes", "vstripes", "checker", "diagonal", "dots", "rings", "radial",
+            "grid", "waves", "blobs"]
+
+
+def procedural_image(class_idx, rng, size=128):
+    """A grey PIL image of class `class_idx` (shape = idx % 10, texture = idx // 10)."""
+    shape = SHAPES[class_idx % len(SHAPES)]
+    texture = TEXTURES[(class_idx // len(SHAPES)) % len(TEXTURES)]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    cy, cx = rng.uniform(-0.1, 0.1, 2)
+    r = rng.uniform(0.22, 0.32)
+    rot = rng.uniform(0, 2 * np.pi)
+    y, x = yy - cy, xx - cx
+    y, x = y * np.cos(rot) - x * np.sin(rot), y * np.sin(rot) + x * np.cos(rot)
+    rad, ang = np.hypot(x, y), np.arctan2(y, x)
+    if shape == "disk":
+        mask = rad < r
+    elif shape == "square":
+        mask = np.maximum(abs(x), abs(y)) < r * 0.85
+    elif shape == "triangle":
+        mask = (y < r * 0.6) & (y > -r + 2 * abs(x) * 1.2)
+    elif shape == "ring":
+        mask = (rad < r) & (rad > r * 0.6)
+    elif shape == "cross":
+        mask = ((abs(x) < r * 0.3) & (abs(y) < r)) | ((abs(y) < r * 0.3) & (abs(x) < r))
+    elif shape == "star":
+        mask = rad < r * (0.55 + 0.45 * np.cos(5 * ang))
+    elif shape == "bar":
+        mask = (abs(x) < r * 1.3) & (abs(y) < r * 0.3)
+    elif shape == "ellipse":
+        mask = (x / (r * 1.3)) ** 2 + (y / (r * 0.6)) ** 2 < 1
+    elif shape == "diamond":
+        mask = abs(x) + abs(y) < r
+    else:  # hexagon
+        mask = np.max([abs(x * np.cos(a) + y * np.sin(a)) for a in np.arange(3) * np.pi / 3], 0) < r * 0.85
+    f = rng.uniform(10, 16)  # texture frequency (cycles per image)
+    tex = {
+        "solid": np.ones_like(x),
+        "hstripes": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * y)),
+        "vstripes": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * x)),
+        "checker": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * x) * np.sin(2 * np.pi * f * y)),
+        "diagonal": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * (x + y))),
+        "dots": (np.hypot((x * f) % 1 - 0.5, (y * f) % 1 - 0.5) < 0.3).astype(np.float32),
+        "rings": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * rad)),
+        "radial": np.clip(1 - rad / max(r, 1e-3), 0, 1),
+        "grid": ((((x * f) % 1) < 0.2) | (((y * f) % 1) < 0.2)).astype(np.float32),
+        "waves": 0.5 + 0.5 * np.sin(2 * np.pi * f * x + 3 * np.sin(2 * np.pi * 3 * y)),
+        "blobs": 0.5 + 0.5 * np.sin(2 * np.pi * 4 * x) * np.cos(2 * np.pi * 5 * y),
+    }[texture]
+    bg_lo, bg_hi = sorted(rng.uniform(0.05, 0.45, 2))
+    g = rng.uniform(0, 2 * np.pi)
+    background = bg_lo + (bg_hi - bg_lo) * (0.5 + np.cos(g) * xx + np.sin(g) * yy)
+    fg_lo, fg_hi = rng.uniform(0.05, 0.3), rng.uniform(0.75, 1.0)
+    foreground = fg_lo + (fg_hi - fg_lo) * tex
+    img = np.where(mask, foreground, background)
+    return Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), "L")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: lists of (label, label_name, loader) per class
+
+def folder_source(source_dir, data_type):
+    """ImageFolder layout <dir>/<class>/<image>; class folders mapped to UHSR labels by name."""
+    aliases = {"carside": "car", "faceseasy": "faces", "backgroundgoogle": "background"}
+    per_class, unknown = {}, []
+    for folder in sorted(os.listdir(source_dir)):
+        path = os.path.join(source_dir, folder)
+        if not os.path.isdir(path):
+            continue
+        key = folder.lower().replace("_", "").replace("-", "").replace(" ", "")
+        try:
+            label = class_index(data_type, aliases.get(key, key))
+        except KeyError:
+            unknown.append(folder)
+            continue
+        files = sorted(f for f in os.listdir(path)
+                       if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif")))
+        per_class.setdefault(label, []).extend(os.path.join(path, f) for f in files)
+    if unknown:
+        raise SystemExit(f"{source_dir}: folders {unknown} are not U-{data_type} classes "
+                         f"(expected names like {CLASS_NAMES[data_type][:4]}...)")
+    if not per_class:
+        raise SystemExit(f"{source_dir}: no class folders with images")
+    return {label: [("file", p) for p in paths] for label, paths in per_class.items()}
+
+
+def torchvision_source(data_type, download_dir):
+    """CIFAR-10 test split / Caltech-101 via torchvision (needs internet the first time)."""
+    import torchvision
+    items = {}
+    if data_type == "CIFAR":
+        ds = torchvision.datasets.CIFAR10(download_dir, train=False, download=True)
+        for i, (_, target) in enumerate(zip(ds.data, ds.targets)):
+            label = class_index("CIFAR", ds.classes[target])
+            items.setdefault(label, []).append(("cifar", (download_dir, i)))
+    else:
+        ds = torchvision.datasets.Caltech101(download_dir, target_type="category", download=True)
+        return folder_source(os.path.join(ds.root, "101_ObjectCategories"), "CALTECH")
+    return items
+
+
+def load_source_image(kind, ref, label, rng):
+    if kind == "file":
+        with Image.open(ref) as img:
+            return img.convert("L"), os.path.basename(ref)
+    if kind == "cifar":
+        import torchvision
+        root, i = ref
+        ds = _cifar_cache.get(root) or _cifar_cache.setdefault(
+            root, torchvision.datasets.CIFAR10(root, train=False, download=False))
+        return Image.fromarray(ds.data[i]).convert("L"), f"cifar10_test_{i}.png"
+    return procedural_image(label, rng), f"procedural_{ref}.png"
+
+
+_cifar_cache = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the dataset
+
+def save_sample(path, spk, label, label_name, gt):
+    tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
+    np.savez_compressed(tmp, spk=spk, label=np.int64(label), label_name=np.str_(label_name), gt=gt)
+    os.replace(tmp, path)
+
+
+def _make_one(task):
+    """Worker: simulate and write one sample (skipped when the file already exists)."""
+    path, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_size = task
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng([seed, index])
+    img, src_name = load_source_image(kind, ref, label, rng)
+    canvas = image_to_canvas(img, frame_size)
+    key = (seed, frame_size, dataclasses.astuple(cfg))
+    if key not in _sensor_cache:
+        _sensor_cache[key] = make_sensor(cfg, (frame_size, frame_size), seed)
+    sensor = _sensor_cache[key]
+    spk, gt = simulate_spikes(canvas, num_frames, cfg, sensor, rng, (frame_size, frame_size))
+    stem = os.path.splitext(src_name)[0]
+    save_sample(path, spk, label, f"{stem}_{class_name}.png", gt)
+    return path
+
+
+_sensor_cache = {}
+
+
+def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, num_frames,
+                frame_size=FRAME_SIZE):
+    """Per class: the first num_train images go to train, the next num_test to test."""
+    names = CLASS_NAMES[data_type]
+    train, test = [], []
+    for label in sorted(sources):
+        refs = sources[label]
+        need = num_train + num_test
+        if len(refs) < need:
+            raise SystemExit(f"class '{names[label]}' has {len(refs)} images, {need} requested "
+                             f"(--num_train {num_train} + --num_test {num_test})")
+        train += [(label, refs[i]) for i in range(num_train)]
+        test += [(label, refs[num_train + i]) for i in range(num_test)]
+    tasks = []
+    for split, items, offset in (("train", train, 0), ("test", test, len(train))):
+        folder = os.path.join(out_root, DATASET_DIRS[data_type], split)
+        os.makedirs(folder, exist_ok=True)
+        for j, (label, (kind, ref)) in enumerate(items):
+            index = offset + j
+            tasks.append((os.path.join(folder, f"{index}.npz"), kind, ref, label, names[label],
+                          seed, index, cfg, num_frames, frame_size))
+    return tasks
+
+
+def builtin_source(data_type, per_class):
+    return {label: [("builtin", f"{label}_{k}") for k in range(per_class)]
+            for label in range(len(CLASS_NAMES[data_type]))}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["cifar", "caltech", "both"], default="cifar")
+    p.add_argument("--data_root", default="data", help="output root (U-CIFAR/, U-CALTECH/ go here)")
+    p.add_argument("--num_train", type=int, default=20, help="training samples per class")
+    p.add_argument("--num_test", type=int, default=5, help="test samples per class")
+    p.add_argument("--num_frames", type=int, default=200, help="spike frames per sample (UHSR: 200)")
+    p.add_argument("--seed", type=int, default=0)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source_dir", help="ImageFolder-style directory of real images "
+                                         "(class folders named like the dataset's classes)")
+    src.add_argument("--torchvision", metavar="DOWNLOAD_DIR",
+                     help="use torchvision CIFAR-10 (test split) / Caltech-101, downloaded here")
+    p.add_argument("--light", choices=sorted(LIGHT), default="low",
+                   help="low: UHSR-like dark captures (mean rate ~0.03); normal: REDS-like (0.6)")
+    p.add_argument("--rate", type=float, help="override the light regime's white-pixel firing rate")
+    p.add_argument("--no_noise", action="store_true",
+                   help="ideal camera: no shot/dark/threshold noise, no hot pixels")
+    p.add_argument("--frame_size", type=int, default=FRAME_SIZE, help="frame height = width (UHSR: 250)")
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    args = p.parse_args(argv)
+
+    if args.source_dir and args.dataset == "both":
+        p.error("--source_dir holds one dataset's classes: use --dataset cifar or caltech")
+    cfg = dataclasses.replace(LIGHT[args.light])
+    if args.rate is not None:
+        cfg.rate = args.rate
+    if args.no_noise:
+        cfg = dataclasses.replace(cfg, photons_per_threshold=0, dark_current=0, threshold_std=0,
+                                  threshold_jitter=0, hot_pixel_fraction=0)
+    data_types = {"cifar": ["CIFAR"], "caltech": ["CALTECH"], "both": ["CIFAR", "CALTECH"]}[args.dataset]
+
+    tasks = []
+    for data_type in data_types:
+        if args.source_dir:
+            sources = folder_source(args.source_dir, data_type)
+        elif args.torchvision:
+            sources = torchvision_source(data_type, args.torchvision)
+        else:
+            sources = builtin_source(data_type, args.num_train + args.num_test)
+        tasks += build_tasks(sources, data_type, args.data_root, args.num_train, args.num_test,
+                             args.seed, cfg, args.num_frames, args.frame_size)
+    print(f"simulating {len(tasks)} samples ({args.light} light, rate {cfg.rate}, "
+          f"{args.num_frames} frames) into {args.data_root} with {args.workers} workers")
+    if args.workers > 1:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for _ in tqdm(pool.imap_unordered(_make_one, tasks, chunksize=4), total=len(tasks)):
+                pass
+    else:
+        for task in tqdm(tasks):
+            _make_one(task)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
