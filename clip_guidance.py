@@ -1,0 +1,154 @@
+"""CLIP as a frozen teacher (SPEC §5): loading, zero-shot class logits, learned quality prompts.
+
+- load_clip(): open_clip model + a record of which weights it holds. `--clip_pretrained` is
+  'openai' (hub download, cached in ./clip_model/), a local weights file, 'none' (random init,
+  loudly flagged) or 'auto' ('openai' when obtainable, else 'none'). `--clip_model tiny` is a
+  3.4 M-parameter config shipped in clip_configs/ for tests and smoke runs.
+- ClipGuide: grey reconstructions -> CLIP image features -> class logits / quality logits.
+- QualityPrompts: the learned high-/low-quality prompt pair (CLIP-LIT / CoOp style).
+"""
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import open_clip
+
+from dataset import prompt_name
+
+# CLIP's RGB mean/std collapsed to one luminance-weighted statistic for grey images
+GREY_MEAN, GREY_STD = 0.459236, 0.175973
+CLIP_CACHE_DIR = "clip_model"
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_configs", "tiny.json")
+RANDOM_INIT_WARNING = ("CLIP weights: none (random init). CLIP losses and zero-shot accuracies "
+                       "from this run are NOT semantic results.")
+
+
+class ClipWeightsError(RuntimeError):
+    pass
+
+
+def _create(model_name, pretrained, cache_dir):
+    # OpenAI's CLIP was trained with QuickGELU; without it the weights load but features drift.
+    quick_gelu = pretrained is not None and model_name != "tiny"
+    return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
+                                  force_quick_gelu=quick_gelu)
+
+
+def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=CLIP_CACHE_DIR):
+    """-> (frozen open_clip model on device, info dict stored with every result/checkpoint)."""
+    if model_name == "tiny":
+        open_clip.add_model_config(TINY_CONFIG)
+    if model_name not in open_clip.list_models():
+        raise ClipWeightsError(f"unknown CLIP model {model_name!r}; try ViT-B-32 or tiny")
+    info = {"clip_model": model_name, "clip_weights": pretrained, "clip_random_init": False,
+            "warnings": []}
+    if pretrained == "auto" and "openai" not in open_clip.list_pretrained_tags_by_model(model_name):
+        model = None
+        info["warnings"].append(f"--clip_pretrained auto: {model_name} has no OpenAI weights")
+    elif pretrained == "auto":
+        try:
+            model = _create(model_name, "openai", cache_dir)
+            info["clip_weights"] = "openai"
+        except Exception as e:  # offline, no such tag for this model, ...
+            model = None
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            info["warnings"].append(f"--clip_pretrained auto: OpenAI weights not obtainable ({reason})")
+    elif pretrained == "openai":
+        try:
+            model = _create(model_name, "openai", cache_dir)
+        except Exception as e:
+            raise ClipWeightsError(
+                f"could not obtain OpenAI weights for {model_name} ({type(e).__name__}: {e}).\n"
+                f"On a machine with internet they download to ./{cache_dir}/ on first use. "
+                f"Offline, copy the weights file there yourself (e.g. ViT-B-32.pt from "
+                f"openaipublic.azureedge.net, or open_clip_pytorch_model.bin from the hub repo "
+                f"timm/vit_base_patch32_clip_224.openai) and pass --clip_pretrained /path/to/file, "
+                f"or pass --clip_pretrained none for random weights (not semantic).") from e
+    elif pretrained == "none":
+        model = None
+    else:
+        if not os.path.isfile(pretrained):
+            raise ClipWeightsError(f"{pretrained}: CLIP weights file not found")
+        try:
+            model = _create(model_name, pretrained, cache_dir)
+        except Exception as e:
+            raise ClipWeightsError(f"{pretrained}: could not load as {model_name} weights "
+                                   f"({type(e).__name__}: {e})") from e
+        info["clip_weights"] = os.path.abspath(pretrained)
+    if model is None:
+        model = open_clip.create_model(model_name, pretrained=None)
+        info.update(clip_weights="none (random init)", clip_random_init=True)
+        info["warnings"].append(RANDOM_INIT_WARNING)
+        warnings.warn(RANDOM_INIT_WARNING, stacklevel=2)
+        print(f"\n{'!' * 80}\n!! {RANDOM_INIT_WARNING}\n{'!' * 80}\n", flush=True)
+    model.requires_grad_(False).eval().to(device)
+    if torch.device(device).type == "cuda":
+        model.half()
+    return model, info
+
+
+class ClipGuide:
+    """Grey images [B, 1, H, W] in [0, 1] -> CLIP logits. Holds the class text features."""
+
+    def __init__(self, model, class_names, device):
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
+        self.image_size = model.visual.image_size
+        self.image_size = self.image_size[0] if isinstance(self.image_size, (tuple, list)) else self.image_size
+        self.logit_scale = model.logit_scale.exp().clamp(max=100).float()
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the same BPE vocabulary for every CLIP
+        prompts = [f"image of a {prompt_name(c)}" for c in class_names]
+        with torch.no_grad():
+            text = model.encode_text(tokenizer(prompts).to(device), normalize=True)
+        self.class_features = text.float()                                  # [K, D]
+
+    def image_features(self, images):
+        """[B, 1, H, W] in [0,1] -> L2-normalised CLIP features [B, D] (float32)."""
+        x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False, antialias=images.shape[-1] > self.image_size)
+        x = ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
+        return F.normalize(self.model.encode_image(x.to(self.dtype)).float(), dim=-1)
+
+    def class_logits(self, images):
+        """Zero-shot logits [B, K]: scaled cosine similarity with 'image of a {label}'."""
+        return self.logit_scale * self.image_features(images) @ self.class_features.T
+
+    def quality_logits(self, images, prompt_features):
+        """[B, 2] logits against the (high, low)-quality prompt features [2, D]."""
+        return self.logit_scale * self.image_features(images) @ prompt_features.T
+
+
+class QualityPrompts(nn.Module):
+    """A learned (high-quality, low-quality) prompt pair: n_ctx context vectors each in CLIP's
+    token-embedding space, encoded by the frozen text tower (CLIP-LIT)."""
+
+    def __init__(self, clip_model, n_ctx=16, seed=0):
+        super().__init__()
+        width = clip_model.token_embedding.weight.shape[1]
+        g = torch.Generator().manual_seed(seed)
+        self.ctx = nn.Parameter(0.02 * torch.randn(2, n_ctx, width, generator=g))  # [2, n_ctx, W]
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        # dummy prompt of the same layout: <sot> X X ... X . <eot>; the X's are replaced by ctx
+        tokens = tokenizer([" ".join(["X"] * n_ctx) + "."])                        # [1, 77]
+        self.register_buffer("tokens", tokens.to(clip_model.token_embedding.weight.device), persistent=False)
+        self.eot_index = int(tokens.argmax(dim=-1))          # EOT has the largest token id
+        object.__setattr__(self, "clip", clip_model)          # frozen, not part of our state
+
+    def forward(self):
+        """-> L2-normalised text features [2, D] for (high, low) quality."""
+        clip = self.clip
+        dtype = clip.token_embedding.weight.dtype
+        with torch.no_grad():
+            embedded = clip.token_embedding(self.tokens).expand(2, -1, -1)          # [2, 77, W]
+        n_ctx = self.ctx.shape[1]
+        x = torch.cat([embedded[:, :1], self.ctx.to(dtype), embedded[:, 1 + n_ctx:]], dim=1)
+        x = x + clip.positional_embedding.to(dtype)
+        # the causal mask must be passed explicitly, else it silently vanishes
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)[:, self.eot_index]                                     # [2, W]
+        proj = clip.text_projection
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return F.normalize(x.float(), dim=-1)

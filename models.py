@@ -1,0 +1,333 @@
+"""The reconstruction networks (SPEC §4): a spiking LRN whose LIF state evolves over time steps,
+and the plain-CNN LRN of the original SpikeCLIP for comparison.
+
+Spiking LRN, per time step t (membranes carried from step to step):
+    conv3x3(50->64)+BN -> LIF -> conv(64->128)+BN -> LIF -> conv(128->64)+BN -> LIF
+    -> conv(64->16)+BN -> LIF -> conv(16->1)  analog readout;   image = mean_t readout_t
+LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
+    mem_t = beta * mem_{t-1} + I_t - theta * H(mem_{t-1} - theta)      (the reset is detached)
+    spk_t = H(mem_t - theta)            backward: a surrogate derivative of H
+Encodings: *direct* feeds the same 50-bin voxel at every step; *temporal* feeds step t its own
+50-bin slice of the stream, so the input has 50*T channels [B, T*50, H, W].
+BatchNorm in training mode normalises each time step's batch on its own and updates the running
+statistics once per step, exactly what a step-by-step loop does.
+
+Two implementations of this one function share the same parameters:
+- backend "snntorch": the plain reference loop over steps with snnTorch `Leaky` neurons;
+- backend "fast": layer by layer over all T steps at once. Because the network is feed-forward,
+  layer l at step t only needs layer l-1 at steps <= t, so each conv runs once on a [T*B] batch;
+  the direct-encoding conv1+BN1 runs once per sample (its input is the same at every step); the
+  LIF recurrence is one fused autograd function; in eval mode BN is folded into the conv; the
+  linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import snntorch as snn
+from snntorch import surrogate
+
+LRN_CHANNELS = (64, 128, 64, 16)
+
+
+# Surrogate derivatives, as functions of x = mem - theta (the same as snntorch.surrogate)
+SURROGATES = {
+    # name: (snnTorch reference, our derivative as a function of x = mem - theta)
+    "atan": (lambda: surrogate.atan(alpha=2.0),
+             lambda x: 1.0 / (1 + (math.pi * x) ** 2)),
+    "fast_sigmoid": (lambda: surrogate.fast_sigmoid(slope=25),
+                     lambda x: 1.0 / (25 * x.abs() + 1) ** 2),
+}
+
+
+class _LIFSequence(torch.autograd.Function):
+    """The whole LIF recurrence over T steps in one autograd node.
+
+    current [T, ...] -> spikes [T, ...]. Saves only the membranes, and backward is the exact
+    reverse recurrence (the reset term is detached, as in snnTorch):
+        g_mem_t = g_spk_t * sg(mem_t - theta) + beta * g_mem_{t+1};   g_current_t = g_mem_t
+    """
+
+    @staticmethod
+    def forward(ctx, current, beta, threshold, surrogate_name):
+        # in-place updates into preallocated outputs: no per-step allocation, no final stack
+        spikes = torch.empty_like(current)
+        mems = torch.empty_like(current) if ctx.needs_input_grad[0] else None
+        mem = torch.zeros_like(current[0])
+        for t in range(current.shape[0]):
+            mem.mul_(beta).add_(current[t])
+            if t > 0:
+                mem.sub_(spikes[t - 1], alpha=threshold)
+            torch.gt(mem, threshold, out=spikes[t])
+            if mems is not None:
+                mems[t].copy_(mem)
+        if mems is not None:
+            ctx.save_for_backward(mems)
+        ctx.beta, ctx.threshold, ctx.surrogate_name = beta, threshold, surrogate_name
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spk):
+        (mems,) = ctx.saved_tensors
+        derivative = SURROGATES[ctx.surrogate_name][1]
+        grad_current = torch.empty_like(grad_spk)
+        g_mem = torch.zeros_like(grad_spk[0])
+        for t in reversed(range(grad_spk.shape[0])):
+            g_mem = grad_spk[t] * derivative(mems[t] - ctx.threshold) + ctx.beta * g_mem
+            grad_current[t] = g_mem
+        return grad_current, None, None, None
+
+
+def lif_sequence(current, beta, threshold, surrogate_name="atan"):
+    """LIF neurons over time: current [T, B, C, H, W] -> spikes [T, B, C, H, W] in {0,1}."""
+    return _LIFSequence.apply(current, beta, threshold, surrogate_name)
+
+
+def lif_step(current, mem, spk_prev, beta, threshold):
+    """One LIF step without autograd bookkeeping (streaming inference)."""
+    mem = beta * mem + current - threshold * spk_prev
+    return (mem > threshold).to(current.dtype), mem
+
+
+# ----------------------------------------------------------------------------------------------
+
+class SpikingLRN(nn.Module):
+    """The SNN-LRN. Input [B, 50, H, W] (direct) or [B, T*50, H, W] (temporal); output the
+    analog image [B, 1, H, W] (not clamped: clamp where CLIP or a metric sees it)."""
+
+    def __init__(self, in_bins=50, time_steps=4, encoding="direct", beta=0.9, threshold=1.0,
+                 surrogate_name="atan", backend="fast", channels=LRN_CHANNELS):
+        super().__init__()
+        if time_steps < 1:
+            raise ValueError("time_steps must be >= 1")
+        if encoding not in ("direct", "temporal"):
+            raise ValueError(f"encoding must be 'direct' or 'temporal', got {encoding!r}")
+        if surrogate_name not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        self.in_bins, self.time_steps, self.encoding = in_bins, time_steps, encoding
+        self.beta, self.threshold, self.surrogate_name = float(beta), float(threshold), surrogate_name
+        self.backend = backend
+        widths = (in_bins,) + tuple(channels)
+        self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1)
+                                   for i in range(len(channels)))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
+        self.readout = nn.Conv2d(channels[-1], 1, 3, padding=1)
+        # snnTorch neurons for the reference backend (they hold no trainable parameters)
+        self.lifs = nn.ModuleList(
+            snn.Leaky(beta=beta, threshold=threshold, spike_grad=SURROGATES[surrogate_name][0]())
+            for _ in channels)
+
+    @property
+    def input_channels(self):
+        return self.in_bins * (self.time_steps if self.encoding == "temporal" else 1)
+
+    def config(self):
+        """Everything needed to rebuild this network (stored in checkpoints)."""
+        return {"arch": "snn", "in_bins": self.in_bins, "time_steps": self.time_steps,
+                "encoding": self.encoding, "beta": self.beta, "threshold": self.threshold,
+                "surrogate": self.surrogate_name,
+                "channels": [c.out_channels for c in self.convs]}
+
+    def _step_inputs(self, x):
+        """[B, C, H, W] -> per-step inputs: [1, B, 50, H, W] (direct) or [T, B, 50, H, W]."""
+        if x.dim() != 4 or x.shape[1] != self.input_channels:
+            raise ValueError(f"expected input [B, {self.input_channels}, H, W] "
+                             f"({self.encoding} encoding, T={self.time_steps}), got {list(x.shape)}")
+        if self.encoding == "direct":
+            return x.unsqueeze(0)
+        b, _, h, w = x.shape
+        return x.view(b, self.time_steps, self.in_bins, h, w).transpose(0, 1)
+
+    def forward(self, x, return_rates=False):
+        """x: voxel [B, C, H, W] -> image [B, 1, H, W] (and per-layer firing rates [L])."""
+        if self.backend == "snntorch":
+            image, rates = self._forward_snntorch(x)
+        else:
+            image, rates = self._forward_fast(x)
+        return (image, rates) if return_rates else image
+
+    # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
+    def _forward_snntorch(self, x):
+        steps = self._step_inputs(x)
+        mems = [lif.reset_mem() for lif in self.lifs]
+        out_sum, spike_sums = 0.0, [0.0] * len(self.lifs)
+        for t in range(self.time_steps):
+            h = steps[t if self.encoding == "temporal" else 0]
+            for l, (conv, bn, lif) in enumerate(zip(self.convs, self.bns, self.lifs)):
+                h, mems[l] = lif(bn(conv(h)), mems[l])
+                spike_sums[l] = spike_sums[l] + h.detach().mean()
+            out_sum = out_sum + self.readout(h)
+        rates = torch.stack([s / self.time_steps for s in spike_sums])
+        return out_sum / self.time_steps, rates
+
+    # -- fast path ------------------------------------------------------------------------------
+    def _conv_bn(self, l, h, steps):
+        """conv_l + BN_l on h [steps*B, C, H, W], with the step-by-step loop's BN semantics."""
+        conv, bn = self.convs[l], self.bns[l]
+        if not (self.training or bn.running_mean is None):
+            # eval: BN is an affine map per channel, fold it into the conv weights
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = (conv.bias - bn.running_mean) * scale + bn.bias
+            return F.conv2d(h, weight.to(h.dtype), bias.to(h.dtype), padding=1)
+        y = conv(h)
+        n = y.shape[0] // steps
+        y5 = y.view(steps, n, *y.shape[1:])                              # [S, B, C, H, W]
+        mean = y5.mean(dim=(1, 3, 4), keepdim=True)
+        var = y5.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y5 = (y5 - mean) * torch.rsqrt(var + bn.eps)
+        y5 = y5 * bn.weight.view(1, 1, -1, 1, 1) + bn.bias.view(1, 1, -1, 1, 1)
+        self._update_running_stats(bn, mean.flatten(1), var.flatten(1), y5[0, :, 0].numel(),
+                                   repeats=self.time_steps if steps == 1 else 1)
+        return y5.reshape(y.shape)
+
+    @torch.no_grad()
+    def _update_running_stats(self, bn, means, variances, count, repeats):
+        """What T calls of nn.BatchNorm2d in training mode do to the running statistics."""
+        if not bn.track_running_stats:
+            return
+        unbiased = variances * (count / max(count - 1, 1))
+        for mean, var in zip(means, unbiased):
+            for _ in range(repeats):
+                bn.num_batches_tracked += 1
+                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
+                bn.running_var.mul_(1 - m).add_(var.to(bn.running_var.dtype), alpha=m)
+
+    def _forward_fast(self, x):
+        steps = self._step_inputs(x)                                     # [S, B, 50, H, W]
+        s, b = steps.shape[:2]
+        cur = self._conv_bn(0, steps.flatten(0, 1), s)                  # [S*B, 64, H, W]
+        cur = cur.view(s, b, *cur.shape[1:])
+        if s == 1:                                                       # direct: same current
+            cur = cur.expand(self.time_steps, *cur.shape[1:])
+        rates = []
+        for l in range(len(self.convs)):
+            spk = lif_sequence(cur, self.beta, self.threshold, self.surrogate_name)
+            rates.append(spk.detach().mean())
+            if l + 1 < len(self.convs):
+                cur = self._conv_bn(l + 1, spk.flatten(0, 1), self.time_steps)
+                cur = cur.view(self.time_steps, b, *cur.shape[1:])
+        image = self.readout(spk.mean(0))
+        return image, torch.stack(rates)
+
+    # -- streaming: one step at a time with carried state --------------------------------------
+    def init_state(self, batch, height, width, device=None, dtype=torch.float32):
+        """Zero membranes and no previous spikes for every LIF layer."""
+        return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype),) * 2
+                for c in self.convs]
+
+    @torch.no_grad()
+    def step(self, x_t, state):
+        """One time step (eval mode): x_t [B, 50, H, W] -> (analog frame [B,1,H,W], new state).
+
+        Feeding a long stream window by window gives spike-to-video; with the same voxel at
+        every step it reproduces forward() of direct encoding step by step.
+        """
+        if self.training:
+            raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
+        h, new_state = x_t, []
+        for l, (mem, spk) in enumerate(state):
+            cur = self._conv_bn(l, h, 1)
+            h, mem = lif_step(cur, mem, spk, self.beta, self.threshold)
+            new_state.append((mem, h))
+        return self.readout(h), new_state
+
+
+class PlainLRN(nn.Module):
+    """The original SpikeCLIP LRN: the same conv stack with ReLU and no BN (a plain CNN)."""
+
+    def __init__(self, in_bins=50, channels=LRN_CHANNELS):
+        super().__init__()
+        self.in_bins = in_bins
+        widths = (in_bins,) + tuple(channels)
+        layers = []
+        for i in range(len(channels)):
+            layers += [nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(channels[-1], 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+        self.time_steps, self.encoding = 1, "direct"
+
+    @property
+    def input_channels(self):
+        return self.in_bins
+
+    def config(self):
+        return {"arch": "ann", "in_bins": self.in_bins,
+                "channels": [m.out_channels for m in self.net if isinstance(m, nn.Conv2d)][:-1]}
+
+    def forward(self, x, return_rates=False):
+        image = self.net(x)
+        return (image, torch.zeros(0, device=x.device)) if return_rates else image
+
+
+def build_model(config, backend="fast"):
+    """Rebuild a network from config() (as stored in a checkpoint)."""
+    arch = config.get("arch")
+    if arch == "ann":
+        return PlainLRN(config["in_bins"], tuple(config["channels"]))
+    if arch == "snn":
+        return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
+                          config["beta"], config["threshold"], config["surrogate"], backend,
+                          tuple(config["channels"]))
+    raise ValueError(f"unknown architecture {arch!r} (expected 'snn' or 'ann')")
+
+
+def to_image(out):
+    """The analog output as an image in [0, 1], as CLIP and the metrics see it."""
+    return out.clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: plain dicts of tensors and JSON-able values, so torch.load(weights_only=True)
+# reads them; the network's config travels with its weights.
+
+CHECKPOINT_FORMAT = "spikeclip-snn-checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read and sanity-check a checkpoint file -> dict (never silently random weights)."""
+    import os
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a SpikeCLIP-SNN checkpoint (no '{CHECKPOINT_FORMAT}' "
+                              f"marker; a seed or other-project checkpoint cannot be used)")
+    for key in ("model_config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}'")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, path="<checkpoint>", backend="fast", expect_config=None):
+    """Build the checkpoint's network and load its weights.
+
+    expect_config: the architecture the caller asked for (e.g. --resume with other flags);
+    a mismatch is refused, naming the differing fields.
+    """
+    config = ckpt["model_config"]
+    if expect_config is not None:
+        diff = {k: (config.get(k), v) for k, v in expect_config.items() if config.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{path}: checkpoint is from another architecture ({details})")
+    try:
+        model = build_model(config, backend=backend)
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the network described in the "
+                              f"checkpoint ({config}): {str(e).splitlines()[0]}") from e
+    return model

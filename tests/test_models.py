@@ -1,0 +1,141 @@
+"""The spiking LRN: real multi-step dynamics, and the fast path equals the snnTorch reference."""
+import pytest
+import torch
+
+from models import (CheckpointError, PlainLRN, SpikingLRN, build_model, load_checkpoint,
+                    model_from_checkpoint)
+
+
+def make_pair(**kw):
+    torch.manual_seed(0)
+    ref = SpikingLRN(backend="snntorch", **kw)
+    fast = SpikingLRN(backend="fast", **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def calibrated(model, seed=5):
+    """Eval-mode model whose BN running statistics come from data (a fresh BN is ~identity and
+    its deep layers would barely spike)."""
+    for bn in model.bns:
+        bn.momentum = 1.0
+    with torch.no_grad():
+        model.train()(voxel(model, seed=seed))
+    for bn in model.bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def voxel(model, b=2, size=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 5, (b, model.input_channels, size, size), generator=g).float()
+
+
+@pytest.mark.parametrize("encoding", ["direct", "temporal"])
+@pytest.mark.parametrize("time_steps", [1, 2, 4])
+@pytest.mark.parametrize("surrogate_name", ["atan", "fast_sigmoid"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_path_equals_snntorch_reference(encoding, time_steps, surrogate_name, training):
+    ref, fast = make_pair(time_steps=time_steps, encoding=encoding, surrogate_name=surrogate_name)
+    ref.train(training)
+    fast.train(training)
+    x = voxel(ref)
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, rates_r = ref(xr, return_rates=True)
+    yf, rates_f = fast(xf, return_rates=True)
+    torch.testing.assert_close(yf, yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rates_f, rates_r)
+    grad_out = torch.randn_like(yr)
+    (yr * grad_out).sum().backward()
+    (yf * grad_out).sum().backward()
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    # relative to the largest gradient: a conv bias before training-mode BN has a true gradient
+    # of 0, so its computed value is pure rounding noise in both implementations
+    scale = max(p.grad.abs().max() for p in ref.parameters())
+    for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        assert (pf.grad - pr.grad).abs().max() / scale < 1e-5, name
+    # BatchNorm running statistics move the same way (once per time step)
+    for br, bf in zip(ref.bns, fast.bns):
+        torch.testing.assert_close(bf.running_mean, br.running_mean)
+        torch.testing.assert_close(bf.running_var, br.running_var)
+        assert int(bf.num_batches_tracked) == int(br.num_batches_tracked)
+
+
+def test_spikes_are_binary_and_state_evolves_over_time():
+    _, fast = make_pair(time_steps=4)
+    calibrated(fast)
+    x = voxel(fast)
+    out4, rates = fast(x, return_rates=True)
+    assert rates.shape == (4,) and ((rates >= 0) & (rates <= 1)).all()
+    one_step = SpikingLRN(time_steps=1)
+    one_step.load_state_dict(fast.state_dict())
+    assert rates[-1] > 0, "the deepest layer must spike for this test to mean anything"
+    assert not torch.allclose(one_step.eval()(x), out4), "T=4 must differ from a single step"
+
+
+@pytest.mark.parametrize("backend", ["fast", "snntorch"])
+def test_beta_changes_the_output(backend):
+    torch.manual_seed(0)
+    a = calibrated(SpikingLRN(beta=0.9, backend=backend))
+    b = SpikingLRN(beta=0.5, backend=backend).eval()
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("lifs.")}, strict=False)
+    x = voxel(a)
+    assert not torch.allclose(a(x), b(x)), "beta must matter once the state runs over T >= 2 steps"
+
+
+@pytest.mark.parametrize("encoding", ["direct", "temporal"])
+def test_step_by_step_with_carried_state_reproduces_forward(encoding):
+    _, model = make_pair(time_steps=3, encoding=encoding)
+    calibrated(model)
+    x = voxel(model)
+    full = model(x)
+    b, _, h, w = x.shape
+    state = model.init_state(b, h, w)
+    frames = []
+    for t in range(model.time_steps):
+        x_t = x if encoding == "direct" else x[:, t * model.in_bins:(t + 1) * model.in_bins]
+        frame, state = model.step(x_t, state)
+        frames.append(frame)
+    torch.testing.assert_close(torch.stack(frames).mean(0), full, rtol=1e-5, atol=1e-5)
+
+
+def test_step_refuses_training_mode():
+    model = SpikingLRN(time_steps=2)
+    with pytest.raises(RuntimeError, match="eval"):
+        model.step(torch.zeros(1, 50, 8, 8), model.init_state(1, 8, 8))
+
+
+def test_layer_table_sizes():
+    snn = SpikingLRN()
+    conv_weights = sum(c.weight.numel() for c in snn.convs) + snn.readout.weight.numel()
+    assert conv_weights == 185_616                       # SPEC §4: ~186k conv weights
+    ann = PlainLRN()
+    assert abs(sum(p.numel() for p in ann.parameters()) - 0.19e6) < 0.01e6
+
+
+def test_wrong_input_shape_names_the_expectation():
+    model = SpikingLRN(time_steps=4, encoding="temporal")
+    with pytest.raises(ValueError, match=r"\[B, 200, H, W\]"):
+        model(torch.zeros(1, 50, 8, 8))
+
+
+def test_config_round_trip_and_architecture_mismatch(tmp_path):
+    model = SpikingLRN(time_steps=2, encoding="temporal", beta=0.8)
+    clone = build_model(model.config())
+    assert clone.config() == model.config()
+    ckpt = {"format": "spikeclip-snn-checkpoint", "model_config": model.config(), "model": model.state_dict()}
+    with pytest.raises(CheckpointError, match="another architecture"):
+        model_from_checkpoint(ckpt, "x.pth", expect_config={"arch": "ann"})
+    ann_ckpt = {"format": "spikeclip-snn-checkpoint", "model_config": model.config(), "model": PlainLRN().state_dict()}
+    with pytest.raises(CheckpointError, match="do not fit"):
+        model_from_checkpoint(ann_ckpt, "x.pth")
+    path = tmp_path / "not_ours.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    with pytest.raises(CheckpointError, match="not a SpikeCLIP-SNN checkpoint"):
+        load_checkpoint(str(path))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="garbage.pth"):
+        load_checkpoint(str(garbage))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "missing.pth"))

@@ -1,0 +1,173 @@
+"""train.py end to end on tiny simulated data with the tiny CLIP (CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import generate_synthetic_data
+import train
+from clip_guidance import ClipGuide, QualityPrompts, load_clip
+from dataset import UCIFAR_CLASSES
+from models import CheckpointError, SpikingLRN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none", "--num_workers", "0",
+        "--batch_size", "4", "--time_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_synthetic_data.main(["--num_train", "2", "--num_test", "1", "--frame_size", "40",
+                                  "--data_root", str(root), "--workers", "1", "--light", "normal"])
+    return str(root)
+
+
+def run(tmp_path, data_root, name, *extra):
+    return train.main(["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", name,
+                       *TINY, *extra])
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_three_stages_run_and_write_the_run_folder(tmp_path, data_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path, data_root, "e2e", "--epochs_coarse", "4", "--epochs_prompt", "2", "--epochs_fine", "2") == 0
+    run_dir = tmp_path / "exp" / "e2e"
+    for sub in ("ckpts/checkpoint_best.pth", "ckpts/checkpoint_last.pth", "opt.json"):
+        assert (run_dir / sub).exists(), sub
+    assert any((run_dir / "tensorboard").iterdir())
+    assert len(list((run_dir / "imgs").glob("*.png"))) == 8          # one grid per epoch
+    ckpt = load(run_dir / "ckpts" / "checkpoint_last.pth")
+    history = ckpt["history"]
+    assert [h["stage"] for h in history] == ["coarse"] * 4 + ["prompt"] * 2 + ["fine"] * 2
+    assert all(torch.isfinite(torch.tensor(h["val_score"])) for h in history)
+    coarse = [h["train_recon"] for h in history if h["stage"] == "coarse"]
+    assert coarse[-1] < coarse[0], f"coarse reconstruction loss did not fall: {coarse}"
+    prompt = [h["train_quality"] for h in history if h["stage"] == "prompt"]
+    assert prompt[-1] < prompt[0], f"prompt loss did not fall: {prompt}"
+    opt = json.loads((run_dir / "opt.json").read_text())
+    assert opt["clip"]["clip_random_init"] is True
+    assert any("NOT semantic" in w for w in opt["clip"]["warnings"])
+    assert ckpt["clip"]["clip_random_init"] is True                    # the warning travels with the weights
+    records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
+    assert records[-1]["kind"] == "train" and records[-1]["clip_random_init"] is True
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    schedule = ["--epochs_coarse", "2", "--epochs_prompt", "1", "--epochs_fine", "2"]
+    assert run(tmp_path, data_root, "straight", *schedule) == 0
+
+    saves = {"n": 0}
+    real_save = train.atomic_torch_save
+
+    def crash_after_third_last_checkpoint(obj, path):
+        real_save(obj, path)
+        if path.endswith("checkpoint_last.pth"):
+            saves["n"] += 1
+            if saves["n"] == 3:       # coarse epoch 2 done, then the stage hand-over: mid-run
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "atomic_torch_save", crash_after_third_last_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, data_root, "interrupted", *schedule)
+    monkeypatch.setattr(train, "atomic_torch_save", real_save)
+    assert run(tmp_path, data_root, "interrupted", "--resume") == 0
+
+    a = load(tmp_path / "exp" / "straight" / "ckpts" / "checkpoint_last.pth")
+    b = load(tmp_path / "exp" / "interrupted" / "ckpts" / "checkpoint_last.pth")
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(b["prompts"]["ctx"], a["prompts"]["ctx"], rtol=0, atol=0)
+    assert [h["val_score"] for h in b["history"]] == [h["val_score"] for h in a["history"]]
+
+
+def test_rerun_without_resume_and_wrong_architecture_are_refused(tmp_path, data_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path, data_root, "arch", "--epochs", "3") == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        run(tmp_path, data_root, "arch", "--epochs", "3")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        run(tmp_path, data_root, "arch", "--resume", "--arch", "ann")
+    with pytest.raises(CheckpointError, match="time_steps"):
+        run(tmp_path, data_root, "arch", "--resume", "--time_steps", "4")
+
+
+def test_gradient_reaches_the_prompt_vectors_only_in_stage_2():
+    clip_model, _ = load_clip("tiny", "none")
+    guide = ClipGuide(clip_model, UCIFAR_CLASSES, "cpu")
+    prompts = QualityPrompts(clip_model)
+    model = SpikingLRN(time_steps=2)
+    args = train.get_args(["--clip_model", "tiny"])
+    losses = train.StageLoss(args, guide)
+    x = torch.randint(0, 4, (2, 50, 16, 16)).float()
+    batch = {"label": torch.tensor([0, 3]), "tfi": torch.rand(2, 1, 16, 16), "tfp": torch.rand(2, 1, 16, 16)}
+
+    def grads_after(loss):
+        model.zero_grad(set_to_none=True)
+        prompts.zero_grad(set_to_none=True)
+        loss.backward()
+        lrn = any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        ctx = prompts.ctx.grad is not None and prompts.ctx.grad.abs().sum() > 0
+        return lrn, ctx
+
+    assert grads_after(losses.coarse(model(x), batch)[0]) == (True, False)
+    with torch.no_grad():
+        recon = model(x).clamp(0, 1)
+    assert grads_after(losses.prompt(prompts(), torch.rand(2, 1, 16, 16), recon)[0]) == (False, True)
+    with torch.no_grad():
+        features = prompts()
+    assert grads_after(losses.fine(model(x), batch, features)[0]) == (True, False)
+
+
+def test_each_loss_weight_scales_the_term_it_names():
+    clip_model, _ = load_clip("tiny", "none")
+    guide = ClipGuide(clip_model, UCIFAR_CLASSES, "cpu")
+    features = QualityPrompts(clip_model)().detach()
+    out = torch.rand(2, 1, 16, 16)
+    batch = {"label": torch.tensor([1, 2]), "tfi": torch.rand(2, 1, 16, 16)}
+
+    def total(stage, **weights):
+        args = train.get_args(["--recon_weight", "1", "--clip_weight", "1", "--prompt_weight", "1", "--tv_weight", "1"])
+        vars(args).update(weights)
+        loss = train.StageLoss(args, guide)
+        if stage == "coarse":
+            return loss.coarse(out, batch)
+        if stage == "fine":
+            return loss.fine(out, batch, features)
+        return loss.prompt(features, out, out)
+
+    for stage, names in {"coarse": {"recon_weight": "recon", "clip_weight": "clip"},
+                         "fine": {"recon_weight": "recon", "clip_weight": "clip", "prompt_weight": "quality", "tv_weight": "tv"},
+                         "prompt": {"prompt_weight": "quality"}}.items():
+        base, terms = total(stage)
+        for weight, term in names.items():
+            changed, _ = total(stage, **{weight: 3.0})
+            torch.testing.assert_close(changed - base, 2.0 * terms[term], msg=f"{stage}: {weight}")
+
+
+def test_epochs_split_over_the_stages():
+    assert train.get_args(["--epochs", "10"]).stage_epochs == [4, 2, 4]
+    assert train.get_args(["--epochs", "3"]).stage_epochs == [1, 1, 1]
+    assert train.get_args(["--epochs_coarse", "0", "--epochs_prompt", "1", "--epochs_fine", "2"]).stage_epochs == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        train.get_args(["--epochs_coarse", "1"])
+
+
+def test_ddp_two_cpu_processes_with_gloo(tmp_path, data_root):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), "--data_root", data_root, "--exp_root", str(tmp_path / "exp"),
+           "--exp_name", "ddp", "--epochs", "3", "--device", "cpu", *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load(tmp_path / "exp" / "ddp" / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse", "prompt", "fine"]
+    records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
+    assert [r["train"]["world_size"] for r in records] == [2]           # rank 0 alone writes
