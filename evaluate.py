@@ -1,0 +1,211 @@
+"""Evaluate a trained reconstructor next to the TFP/TFI baselines on the same samples.
+
+For each method (the network, TFP, TFI): CLIP zero-shot top-1 (and top-5 for U-CALTECH)
+accuracy, NIQE/BRISQUE/PIQE through pyiqa on the clamped images, PSNR/SSIM when the data has
+ground truth; for the network also its per-layer firing rates. Writes a per-sample CSV, a
+summary table and an image grid into exp/<exp_name>/, and one record to experiment_results.json.
+
+    python evaluate.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from clip_guidance import ClipGuide, ClipWeightsError, load_clip
+from dataset import CLASS_NAMES, UHSR_BINS, UHSRDataset
+from metrics import NoReferenceIQA, psnr, ssim
+from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
+from results_tracker import RESULTS_FILE, append_record
+from utils import atomic_write, pick_device
+
+NIQE_MIN_SIDE = 96   # NIQE works on 96-px blocks: smaller images have none
+
+
+def experiment_name(checkpoint_path):
+    """exp/<name>/ckpts/x.pth -> <name> (the run folder, never the literal 'ckpts')."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    if os.path.basename(folder) == "ckpts":
+        folder = os.path.dirname(folder)
+    return os.path.basename(folder)
+
+
+def clip_spec_from_checkpoint(ckpt):
+    """The --clip_pretrained value that reproduces the CLIP a checkpoint was trained with."""
+    info = ckpt.get("clip", {})
+    if info.get("clip_random_init"):
+        return "none"
+    return info.get("clip_weights") or "auto"
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data_type", choices=sorted(CLASS_NAMES), help="default: the checkpoint's")
+    p.add_argument("--data_root", default="data")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--exp_name", help="results go to exp/<exp_name>/ (default: the checkpoint's run folder)")
+    p.add_argument("--exp_root", default="exp")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--crop_size", type=int, help="default: the checkpoint's (the LRN is fully convolutional)")
+    p.add_argument("--clip_model", help="default: the checkpoint's")
+    p.add_argument("--clip_pretrained", help="default: the weights the checkpoint was trained with")
+    p.add_argument("--backend", choices=["fast", "snntorch"], default="fast")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_grid", type=int, default=8, help="samples shown in the image grid")
+    p.add_argument("--results_file", default=RESULTS_FILE)
+    return p.parse_args(argv)
+
+
+def topk_correct(logits, labels, k):
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    config = ckpt["model_config"]
+    arch = config["arch"]
+    data_type = args.data_type or ckpt["data_type"]
+    crop = args.crop_size or ckpt["crop_size"]
+    exp_name = args.exp_name or experiment_name(args.checkpoint)
+    out_dir = os.path.join(args.exp_root, exp_name)
+    os.makedirs(os.path.join(out_dir, "imgs"), exist_ok=True)
+
+    bins = UHSR_BINS * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
+    dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
+                          with_baselines=True)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    try:
+        clip_model, clip_info = load_clip(args.clip_model or ckpt["clip"]["clip_model"],
+                                          args.clip_pretrained or clip_spec_from_checkpoint(ckpt), device)
+    except ClipWeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    guide = ClipGuide(clip_model, CLASS_NAMES[data_type], device)
+    iqa_names = ("niqe", "brisque", "piqe") if crop >= NIQE_MIN_SIDE else ("brisque", "piqe")
+    iqa = NoReferenceIQA(device, names=iqa_names)
+    model.to(device).eval()
+    top5 = data_type == "CALTECH"
+    methods = (arch, "tfp", "tfi")
+
+    rows, rate_sum, n_batches, grid, grid_samples = [], None, 0, [], 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"evaluate {data_type}/{args.split}"):
+            voxel = batch["voxel"].to(device, non_blocking=True).float()
+            labels = batch["label"].to(device)
+            out, rates = model(voxel, return_rates=True)
+            images = {arch: to_image(out.float()), "tfp": batch["tfp"].to(device), "tfi": batch["tfi"].to(device)}
+            rate_sum = rates.float() if rate_sum is None else rate_sum + rates.float()
+            n_batches += 1
+            per_method = {}
+            for m, img in images.items():
+                logits = guide.class_logits(img)
+                scores = {"pred": logits.argmax(1).cpu(), "top1": topk_correct(logits, labels, 1).cpu()}
+                if top5:
+                    scores["top5"] = topk_correct(logits, labels, 5).cpu()
+                scores.update(iqa(img))
+                if batch["has_gt"].all():
+                    gt = batch["gt"].to(device)
+                    scores["psnr"] = psnr(img, gt).cpu()
+                    scores["ssim"] = ssim(img, gt).cpu()
+                per_method[m] = scores
+            for i in range(len(labels)):
+                row = {"index": int(batch["index"][i]), "file": os.path.basename(dataset.files[len(rows)]),
+                       "label": int(labels[i]), "class": batch["class_name"][i]}
+                for m, scores in per_method.items():
+                    for k, v in scores.items():
+                        value = v[i].item()
+                        row[f"{m}_{k}"] = CLASS_NAMES[data_type][value] if k == "pred" else float(value)
+                rows.append(row)
+            if grid_samples < args.num_grid:
+                # one row per sample: spikes (TFP view of the voxel), TFP, TFI, network, gt
+                k = min(args.num_grid - grid_samples, len(labels))
+                spikes = voxel[:k].mean(1, keepdim=True)
+                spikes = spikes / spikes.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+                parts = [spikes, images["tfp"][:k], images["tfi"][:k], images[arch][:k]]
+                if batch["has_gt"].all():
+                    parts.append(batch["gt"][:k].to(device))
+                grid.append(torch.stack(parts, dim=1).flatten(0, 1).float().cpu())
+                grid_samples += k
+
+    # -- summary --------------------------------------------------------------------------------
+    metric_keys = ["top1"] + (["top5"] if top5 else []) + list(iqa_names)
+    if rows and f"{arch}_psnr" in rows[0]:
+        metric_keys += ["psnr", "ssim"]
+    summary = {m: {k: float(np.mean([r[f"{m}_{k}"] for r in rows])) for k in metric_keys} for m in methods}
+    firing_rates = {}
+    if arch == "snn" and rate_sum is not None:
+        firing_rates = {f"lif{i + 1}": float(r) for i, r in enumerate(rate_sum / n_batches)}
+    iqa_variant = "; ".join(iqa.describe(crop, crop).values())
+    if "niqe" not in iqa_names:
+        iqa_variant += f"; niqe skipped: {crop}x{crop} input is smaller than its {NIQE_MIN_SIDE}-px block"
+    warnings = list(clip_info["warnings"])
+
+    csv_path = os.path.join(out_dir, f"eval_{data_type}_{args.split}.csv")
+    atomic_write(csv_path, lambda f: _write_csv(f, rows), mode="w")
+    table = format_summary(summary, metric_keys, data_type, args, len(rows), clip_info, iqa_variant, firing_rates, crop)
+    atomic_write(os.path.join(out_dir, f"eval_{data_type}_{args.split}_summary.md"), lambda f: f.write(table), mode="w")
+    if grid:
+        import torchvision
+        cols = 5 if rows and f"{arch}_psnr" in rows[0] else 4
+        torchvision.utils.save_image(torch.cat(grid), os.path.join(out_dir, "imgs", f"eval_{data_type}_{args.split}_grid.png"),
+                                     nrow=cols, padding=2)
+    print(table)
+    record = {"run_name": exp_name, "kind": "evaluate", "dataset": f"U-{data_type}", "split": args.split,
+              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
+              "clip_model": clip_info["clip_model"], "clip_weights": clip_info["clip_weights"],
+              "clip_random_init": clip_info["clip_random_init"], "warnings": warnings,
+              "metrics": summary, "num_samples": len(rows), "iqa_variant": iqa_variant,
+              "input_size": crop, "firing_rates": firing_rates, "device": str(device)}
+    append_record(record, args.results_file)
+    print(f"wrote {csv_path} and a record in {args.results_file}")
+    return 0
+
+
+def _write_csv(f, rows):
+    if not rows:
+        return
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, firing_rates, crop):
+    names = {"top1": "top-1 acc", "top5": "top-5 acc", "niqe": "NIQE ↓", "brisque": "BRISQUE ↓",
+             "piqe": "PIQE ↓", "psnr": "PSNR dB ↑", "ssim": "SSIM ↑"}
+    lines = [f"# Evaluation: U-{data_type} {args.split}, {n} samples, {crop}x{crop} crop",
+             f"checkpoint: {args.checkpoint}",
+             f"CLIP: {clip_info['clip_model']}, weights {clip_info['clip_weights']}"]
+    if clip_info["clip_random_init"]:
+        lines.append("**WARNING: randomly initialised CLIP — the accuracies below are NOT semantic results.**")
+    lines += [f"IQA: {iqa_variant}", "",
+              "| method | " + " | ".join(names[k] for k in keys) + " |",
+              "|---" * (len(keys) + 1) + "|"]
+    for m, vals in summary.items():
+        cells = [f"{100 * vals[k]:.2f}%" if k.startswith("top") else f"{vals[k]:.4f}" if k == "ssim"
+                 else f"{vals[k]:.3f}" for k in keys]
+        lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
+    if firing_rates:
+        lines += ["", "firing rates (mean spikes per neuron per step): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in firing_rates.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
