@@ -135,13 +135,20 @@ def check_spikes(spk, path, min_frames=1):
     return np.ascontiguousarray(spk)
 
 
+def _open_npz(path):
+    f = np.load(path, allow_pickle=False)
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise SpikeDataError(f"{path}: not an .npz archive (a bare .npy under an .npz name?)")
+    return f
+
+
 def load_npz(path, num_classes=None, with_gt=False):
     """Read a UHSR-style sample -> (spk uint8 [T,H,W], label int, label_name str | None).
 
     With with_gt=True a fourth item is returned: the clean grey image uint8 [H, W] or None.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with _open_npz(path) as f:
             keys = set(f.files)
             for key in ("spk", "label"):
                 if key not in keys:
@@ -198,7 +205,7 @@ def voxelize(spk, bins=UHSR_BINS, dtype=np.float32):
 def load_gt(path):
     """Only the clean image of a sample file (uint8 [H, W]) or None; skips the spikes."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with _open_npz(path) as f:
             return np.asarray(f["gt"]) if "gt" in f.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e

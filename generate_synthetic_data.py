@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dataset import CLASS_NAMES, DATASET_DIRS, class_index
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
+DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
 
 
 @dataclasses.dataclass
@@ -180,7 +181,7 @@ def procedural_image(class_idx, rng, size=128):
         "diagonal": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * (x + y))),
         "dots": (np.hypot((x * f) % 1 - 0.5, (y * f) % 1 - 0.5) < 0.3).astype(np.float32),
         "rings": 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * f * rad)),
-        "radial": np.clip(1 - rad / max(r, 1e-3), 0, 1),
+        "radial": 0.35 + 0.65 * np.clip(1 - rad / max(r, 1e-3), 0, 1),   # keeps the outline visible
         "grid": ((((x * f) % 1) < 0.2) | (((y * f) % 1) < 0.2)).astype(np.float32),
         "waves": 0.5 + 0.5 * np.sin(2 * np.pi * f * x + 3 * np.sin(2 * np.pi * 3 * y)),
         "blobs": 0.5 + 0.5 * np.sin(2 * np.pi * 4 * x) * np.cos(2 * np.pi * 5 * y),
@@ -257,17 +258,20 @@ _cifar_cache = {}
 # Writing the dataset
 
 def save_sample(path, spk, label, label_name, gt):
-    tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
-    np.savez_compressed(tmp, spk=spk, label=np.int64(label), label_name=np.str_(label_name), gt=gt)
+    """Atomic: a crash mid-write leaves <i>.npz.tmp (which no reader lists), never a bad .npz."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:   # a file handle stops numpy from appending '.npz' to the name
+        np.savez_compressed(f, spk=spk, label=np.int64(label), label_name=np.str_(label_name), gt=gt)
     os.replace(tmp, path)
 
 
 def _make_one(task):
     """Worker: simulate and write one sample (skipped when the file already exists)."""
-    path, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_size = task
+    path, data_type, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_size = task
     if os.path.exists(path):
         return path
-    rng = np.random.default_rng([seed, index])
+    # the dataset is part of the seed: U-CIFAR and U-CALTECH both number their files from 0
+    rng = np.random.default_rng([seed, DATASET_SEEDS[data_type], index])
     img, src_name = load_source_image(kind, ref, label, rng)
     canvas = image_to_canvas(img, frame_size)
     key = (seed, frame_size, dataclasses.astuple(cfg))
@@ -302,7 +306,7 @@ def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, nu
         os.makedirs(folder, exist_ok=True)
         for j, (label, (kind, ref)) in enumerate(items):
             index = offset + j
-            tasks.append((os.path.join(folder, f"{index}.npz"), kind, ref, label, names[label],
+            tasks.append((os.path.join(folder, f"{index}.npz"), data_type, kind, ref, label, names[label],
                           seed, index, cfg, num_frames, frame_size))
     return tasks
 
@@ -357,7 +361,9 @@ def main(argv=None):
     print(f"simulating {len(tasks)} samples ({args.light} light, rate {cfg.rate}, "
           f"{args.num_frames} frames) into {args.data_root} with {args.workers} workers")
     if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
+        # fork: the workers need only numpy, and spawning would re-import torch in each one
+        context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(context).Pool(args.workers) as pool:
             for _ in tqdm(pool.imap_unordered(_make_one, tasks, chunksize=4), total=len(tasks)):
                 pass
     else:

@@ -1,0 +1,122 @@
+"""Data pipeline speed on the CPU: the spike-camera simulator and .npz -> voxel loading.
+
+    python bench/data_speed.py                      # defaults finish in ~1-2 min on 2 cores
+    python bench/data_speed.py --sim_samples 5 --load_files 32 --repeats 3
+
+1. Simulator: samples/s of generate_synthetic_data's camera (UHSR size: 250x250, 200 frames),
+   one process, normal and low light, built-in procedural images; "+ write" adds
+   np.savez_compressed of the sample, i.e. what one worker of the generator does.
+2. Loading: items/s of UHSRDataset (load, check, crop, voxelise to 50 bins) on one core, for
+   the simulator's files (uint8 `spk`) and for the same spikes stored as float32 `spk` (the old
+   seed's format, savez_compressed), with and without the TFP/TFI baselines.
+Everything is written to a temporary folder that is removed at the end.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import generate_synthetic_data as gen  # noqa: E402
+from dataset import UHSRDataset  # noqa: E402
+
+
+def bench_simulator(light, n, frame_size, num_frames, seed, out_dir):
+    cfg = gen.LIGHT[light]
+    size = (frame_size, frame_size)
+    sensor = gen.make_sensor(cfg, size, seed)
+    sim_time, write_time, samples = 0.0, 0.0, []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        label = i % 10
+        t0 = time.perf_counter()
+        canvas = gen.image_to_canvas(gen.procedural_image(label, rng), frame_size)
+        spk, gt = gen.simulate_spikes(canvas, num_frames, cfg, sensor, rng, size)
+        t1 = time.perf_counter()
+        gen.save_sample(os.path.join(out_dir, f"{light}_{i}.npz"), spk, label, f"p{i}.png", gt)
+        t2 = time.perf_counter()
+        sim_time += t1 - t0
+        write_time += t2 - t1
+        samples.append((spk, label, gt))
+    return n / sim_time, n / (sim_time + write_time), samples
+
+
+def write_load_files(samples, n_files, folder, dtype):
+    os.makedirs(folder, exist_ok=True)
+    files = []
+    for i in range(n_files):
+        spk, label, gt = samples[i % len(samples)]
+        path = os.path.join(folder, f"{i}.npz")
+        np.savez_compressed(path, spk=spk.astype(dtype), label=np.int64(label),
+                            label_name=np.str_(f"p{i}.png"), gt=gt)
+        files.append(path)
+    return files
+
+
+def bench_loading(files, with_baselines, repeats):
+    ds = UHSRDataset("", "CIFAR", "train", with_baselines=with_baselines, files=files)
+    ds[0]  # warm-up (imports, page cache)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for i in range(len(ds)):
+            item = ds[i]
+    dt = time.perf_counter() - t0
+    assert item["voxel"].shape == (50, 224, 224)
+    return repeats * len(ds) / dt
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sim_samples", type=int, default=3, help="samples simulated per light regime")
+    p.add_argument("--frame_size", type=int, default=250)
+    p.add_argument("--num_frames", type=int, default=200)
+    p.add_argument("--load_files", type=int, default=12, help="files per format for the loading test")
+    p.add_argument("--repeats", type=int, default=2, help="passes over the files when loading")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    tmp = tempfile.mkdtemp(prefix="data_speed_")
+    try:
+        print(f"# data_speed: {args.frame_size}x{args.frame_size}x{args.num_frames} frames, "
+              f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, one process")
+        print()
+        print("| simulator (1 process) | samples/s | s/sample | samples/s incl. write | mean firing rate |")
+        print("|---|---|---|---|---|")
+        low = None
+        for light in ("normal", "low"):
+            sim, total, samples = bench_simulator(light, args.sim_samples, args.frame_size,
+                                                  args.num_frames, args.seed, tmp)
+            rate = np.mean([s[0].mean() for s in samples])
+            print(f"| {light} light, {args.sim_samples} samples | {sim:.2f} | {1 / sim:.2f} | "
+                  f"{total:.2f} | {rate:.3f} |")
+            if light == "low":
+                low = samples
+
+        formats = {"uint8 spk (simulator)": np.uint8, "float32 spk (old seed)": np.float32}
+        files = {name: write_load_files(low, args.load_files, os.path.join(tmp, f"load_{i}"), dt)
+                 for i, (name, dt) in enumerate(formats.items())}
+        print()
+        print(f"| UHSRDataset -> 50x224x224 voxel, 1 core, {args.load_files} files x {args.repeats} "
+              f"| MB/file | items/s | items/s with_baselines |")
+        print("|---|---|---|---|")
+        speed = {}
+        for name, fl in files.items():
+            size_mb = np.mean([os.path.getsize(f) for f in fl]) / 1e6
+            plain = bench_loading(fl, False, args.repeats)
+            base = bench_loading(fl, True, args.repeats)
+            speed[name] = (plain, base)
+            print(f"| {name} | {size_mb:.2f} | {plain:.1f} | {base:.1f} |")
+        (u, ub), (f, fb) = speed.values()
+        print(f"| ratio uint8 / float32 | | {u / f:.2f}x | {ub / fb:.2f}x |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

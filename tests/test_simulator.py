@@ -1,0 +1,309 @@
+"""Tests for generate_synthetic_data.py: camera statistics, determinism, output format, sources."""
+import dataclasses
+import glob
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+import generate_synthetic_data as gen
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR_DIR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-test")
+TINY = ["--num_train", "1", "--num_test", "1", "--frame_size", "40", "--num_frames", "200"]
+
+
+def ideal(rate):
+    """CameraConfig with every noise term off (what --no_noise does)."""
+    return dataclasses.replace(gen.CameraConfig(rate=rate), photons_per_threshold=0,
+                               dark_current=0, threshold_std=0, threshold_jitter=0,
+                               hot_pixel_fraction=0)
+
+
+def run_camera(canvas, cfg, frames=200, size=48, seed=0):
+    sensor = gen.make_sensor(cfg, (size, size), seed)
+    return gen.simulate_spikes(canvas.astype(np.float32), frames, cfg, sensor,
+                               np.random.default_rng([seed, 1]), (size, size))
+
+
+def constant_canvas(value, size=48, margin=8):
+    return np.full((size + 2 * margin, size + 2 * margin), value, np.float32)
+
+
+def smooth_image(seed, size=64):
+    """A smooth synthetic grey image (sum of a few wide Gaussian blobs on a gradient)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.2 + 0.3 * (rng.uniform(-1, 1) * xx + rng.uniform(-1, 1) * yy)
+    for _ in range(4):
+        cy, cx, s, a = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.2), rng.uniform(0.2, 0.6)
+        img = img + a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L")
+
+
+def cifar_images(n_classes=4):
+    """The first image of a few CIFAR-10 test classes, or smooth synthetic images."""
+    files = [sorted(glob.glob(os.path.join(CIFAR_DIR, c, "*.jpg")))[:1]
+             for c in ("frog", "airplane", "ship", "cat", "truck")[:n_classes]]
+    files = [f[0] for f in files if f]
+    if len(files) == n_classes:
+        return [Image.open(f) for f in files]
+    return [smooth_image(s) for s in range(n_classes)]
+
+
+def read_split(root, data_type="CIFAR"):
+    out = {}
+    for split in ("train", "test"):
+        folder = os.path.join(root, dataset.DATASET_DIRS[data_type], split)
+        for name in sorted(os.listdir(folder), key=dataset.numeric_sort_key):
+            with np.load(os.path.join(folder, name)) as f:
+                out[(split, name)] = {k: f[k] for k in f.files}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Camera statistics
+
+@pytest.mark.parametrize("rate", [0.6, 0.065])
+@pytest.mark.parametrize("intensity", [0.3, 0.9])
+def test_ideal_camera_rate_is_rate_times_intensity(rate, intensity):
+    spk, gt = run_camera(constant_canvas(intensity), ideal(rate), frames=400)
+    assert spk.dtype == np.uint8 and spk.shape == (400, 48, 48) and spk.max() <= 1
+    assert spk.mean() == pytest.approx(rate * intensity, rel=0.03)
+    assert (gt == round(intensity * 255)).all()
+    # shot noise is unbiased: with Poisson photons on, the mean rate is the same
+    shot = dataclasses.replace(ideal(rate), photons_per_threshold=64.0)
+    assert run_camera(constant_canvas(intensity), shot, frames=400)[0].mean() == \
+        pytest.approx(rate * intensity, rel=0.03)
+
+
+def test_ideal_camera_black_and_white():
+    assert run_camera(constant_canvas(0.0), ideal(0.6))[0].sum() == 0
+    assert run_camera(constant_canvas(1.0), ideal(0.6), frames=400)[0].mean() == pytest.approx(0.6, rel=0.01)
+    # shot noise alone adds no light to a black image
+    shot = dataclasses.replace(ideal(0.6), photons_per_threshold=64.0)
+    assert run_camera(constant_canvas(0.0), shot)[0].sum() == 0
+
+
+def test_dark_current_and_hot_pixels_fire_on_black():
+    black = constant_canvas(0.0)
+    cfg = gen.LIGHT["low"]
+    rate = run_camera(black, cfg, frames=400)[0].mean()
+    assert 0.3 * cfg.dark_current < rate < 0.01          # dark current ~0.002 per frame
+    # hot pixels only: a few pixels that fire at about hot_pixel_rate
+    hot = dataclasses.replace(ideal(0.065), hot_pixel_fraction=0.05, hot_pixel_rate=0.3)
+    spk = run_camera(black, hot, frames=400)[0]
+    per_pixel = spk.mean(0)
+    n_hot = (per_pixel > 0).sum()
+    assert 0.02 * 48 * 48 < n_hot < 0.1 * 48 * 48
+    assert per_pixel[per_pixel > 0] == pytest.approx(0.3, abs=0.01)
+    # the fixed pattern belongs to the sensor: same seed, same hot pixels
+    np.testing.assert_array_equal(gen.make_sensor(hot, (48, 48), 3)[1], gen.make_sensor(hot, (48, 48), 3)[1])
+    assert not np.array_equal(gen.make_sensor(hot, (48, 48), 3)[1], gen.make_sensor(hot, (48, 48), 4)[1])
+
+
+def test_normal_light_tfp_matches_gt():
+    # the motion (4-7 px) blurs small frames; 96 px keeps it a realistic fraction of the frame
+    size = 96
+    cfg = gen.LIGHT["normal"]
+    sensor = gen.make_sensor(cfg, (size, size), 0)
+    for k, img in enumerate(cifar_images(3) + [smooth_image(7)]):
+        canvas = gen.image_to_canvas(img, size)
+        spk, gt = gen.simulate_spikes(canvas, 200, cfg, sensor, np.random.default_rng(k), (size, size))
+        est = utils.tfp(spk, rate=0.6)
+        assert np.corrcoef(est.ravel(), gt.ravel())[0, 1] >= 0.95
+        assert est.mean() == pytest.approx(gt.mean() / 255.0, abs=0.03)   # rate 0.6 -> intensity
+
+
+def test_low_light_rate_is_uhsr_like():
+    cfg = gen.LIGHT["low"]
+    size = 48
+    sensor = gen.make_sensor(cfg, (size, size), 0)
+    imgs = cifar_images(4) + [gen.procedural_image(k, np.random.default_rng(k)) for k in (0, 3, 7)]
+    rates = []
+    for k, img in enumerate(imgs):
+        spk, _ = gen.simulate_spikes(gen.image_to_canvas(img, size), 200, cfg, sensor,
+                                     np.random.default_rng(k), (size, size))
+        rates.append(spk.mean())
+        # like the real captures: at most one spike per 4-frame bin (hot pixels aside)
+        vox = dataset.voxelize(spk, 50, np.uint8)
+        assert (vox > 1).mean() < 0.001
+    assert all(0.015 <= r <= 0.05 for r in rates), rates
+    assert np.mean(rates) == pytest.approx(0.03, abs=0.01)
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism and the output format (via main, tiny)
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    a = str(root / "a")
+    assert gen.main(TINY + ["--data_root", a, "--seed", "0", "--workers", "1"]) == 0
+    return a
+
+
+def test_same_seed_same_files_different_seed_differs(tiny_run, tmp_path):
+    b, c = str(tmp_path / "b"), str(tmp_path / "c")
+    gen.main(TINY + ["--data_root", b, "--seed", "0", "--workers", "1"])
+    gen.main(TINY[:3] + ["0"] + TINY[4:] + ["--data_root", c, "--seed", "1", "--workers", "1"])
+    ra, rb, rc = read_split(tiny_run), read_split(b), read_split(c)
+    assert ra.keys() == rb.keys() and len(ra) == 20
+    for key in ra:
+        for name in ("spk", "gt", "label", "label_name"):
+            np.testing.assert_array_equal(ra[key][name], rb[key][name])
+    assert len(rc) == 10                      # seed 1: the train split only, to keep it quick
+    for key in rc:
+        assert ra[key]["label"] == rc[key]["label"]
+        assert not np.array_equal(ra[key]["spk"], rc[key]["spk"])
+        assert not np.array_equal(ra[key]["gt"], rc[key]["gt"])
+
+
+def test_workers_two_gives_same_bytes(tiny_run, tmp_path):
+    b = str(tmp_path / "w2")
+    gen.main(TINY + ["--data_root", b, "--seed", "0", "--workers", "2"])
+    for split in ("train", "test"):
+        fa = sorted(glob.glob(os.path.join(tiny_run, "U-CIFAR", split, "*")))
+        fb = sorted(glob.glob(os.path.join(b, "U-CIFAR", split, "*")))
+        assert [os.path.basename(f) for f in fa] == [os.path.basename(f) for f in fb]
+        for x, y in zip(fa, fb):
+            assert open(x, "rb").read() == open(y, "rb").read(), x
+
+
+def test_output_format(tiny_run):
+    for split, indices in (("train", range(0, 10)), ("test", range(10, 20))):
+        folder = os.path.join(tiny_run, "U-CIFAR", split)
+        assert sorted(os.listdir(folder), key=dataset.numeric_sort_key) == [f"{i}.npz" for i in indices]
+        labels = []
+        for i in indices:
+            with np.load(os.path.join(folder, f"{i}.npz"), allow_pickle=False) as f:
+                assert set(f.files) == {"spk", "label", "label_name", "gt"}
+                spk, label, name, gt = f["spk"], f["label"], str(f["label_name"]), f["gt"]
+            assert spk.dtype == np.uint8 and spk.shape == (200, 40, 40) and spk.max() <= 1
+            assert label.dtype == np.int64 and label.shape == ()
+            assert name.endswith(f"_{dataset.UCIFAR_CLASSES[int(label)]}.png")
+            assert gt.dtype == np.uint8 and gt.shape == (40, 40)
+            labels.append(int(label))
+        assert sorted(labels) == list(range(10))        # one sample per class per split
+    ds = dataset.UHSRDataset(tiny_run, "CIFAR", "test", crop_size=32, with_baselines=True)
+    assert len(ds) == 10
+    item = ds[0]
+    assert item["voxel"].shape == (50, 32, 32) and item["has_gt"] is True
+    assert item["index"] == 10 and item["class_name"] == dataset.UCIFAR_CLASSES[item["label"].item()]
+    assert 0.005 < item["voxel"].float().mean().item() / 4 < 0.06       # low light by default
+
+
+def test_existing_files_are_kept(tiny_run):
+    path = os.path.join(tiny_run, "U-CIFAR", "train", "0.npz")
+    before = os.path.getmtime(path)
+    tasks = gen.build_tasks(gen.builtin_source("CIFAR", 2), "CIFAR", tiny_run, 1, 1, 0,
+                            gen.LIGHT["low"], 200, 40)
+    assert gen._make_one(tasks[0]) == path and os.path.getmtime(path) == before
+
+
+def test_no_noise_flag(tmp_path):
+    out = str(tmp_path / "nn")
+    gen.main(["--no_noise", "--light", "normal", "--num_train", "1", "--num_test", "0",
+              "--frame_size", "40", "--num_frames", "100", "--workers", "1", "--data_root", out])
+    for v in read_split(out).values():
+        assert v["spk"].mean() == pytest.approx(0.6 * v["gt"].mean() / 255.0, rel=0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in procedural source
+
+def test_procedural_classes_have_distinct_latent_images():
+    combos = {(k % len(gen.SHAPES), (k // len(gen.SHAPES)) % len(gen.TEXTURES)) for k in range(101)}
+    assert len(combos) == 101
+    # the same random draw (position, size, rotation, contrast) rendered for every class:
+    # any two classes differ visibly (> 0.05 grey) on a noticeable part of the image. The
+    # closest pairs are shapes with the "radial" texture (70-79), which fades to the
+    # foreground floor at the outline: about 1% of the pixels differ there.
+    imgs = np.stack([np.asarray(gen.procedural_image(k, np.random.default_rng(0)), np.float32).ravel() / 255
+                     for k in range(101)])
+    for i in range(100):
+        frac = (np.abs(imgs[i + 1:] - imgs[i]) > 0.05).mean(1)
+        assert frac.min() > 0.004, (i, i + 1 + int(frac.argmin()), frac.min())
+
+
+def test_builtin_gt_is_nearest_to_its_own_class(tiny_run):
+    """Re-render every class with the rng a sample was drawn with: the stored clean gt is the
+    latent image of its own class (distance 0) and far from every other class's."""
+    size = 40
+    for (split, name), v in read_split(tiny_run).items():
+        if split != "test":
+            continue
+        index = int(name.split(".")[0])
+        dists = []
+        for k in range(10):
+            rng = np.random.default_rng([0, gen.DATASET_SEEDS["CIFAR"], index])
+            canvas = gen.image_to_canvas(gen.procedural_image(k, rng), size)
+            cand = np.clip(np.round(gen.translate(canvas, 0.0, 0.0, (size, size)) * 255), 0, 255)
+            dists.append(np.abs(cand - v["gt"].astype(np.float32)).mean())
+        label = int(v["label"])
+        assert int(np.argmin(dists)) == label
+        assert dists[label] == 0
+        assert sorted(dists)[1] > 2.0      # grey levels, mean abs difference
+
+
+# ----------------------------------------------------------------------------------------------
+# --source_dir
+
+def make_image_folder(root, classes, per_class=2, size=32):
+    rng = np.random.default_rng(0)
+    files = {}
+    for c in classes:
+        os.makedirs(os.path.join(root, c))
+        for j in range(per_class):
+            path = os.path.join(root, c, f"img{j}.png")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+            files.setdefault(c, []).append(path)
+    return files
+
+
+def test_source_dir_maps_classes_by_name(tmp_path):
+    src = str(tmp_path / "src")
+    files = make_image_folder(src, ["airplane", "frog"])
+    out = str(tmp_path / "out")
+    gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--frame_size", "40",
+              "--num_frames", "8", "--workers", "1", "--data_root", out])
+    data = read_split(out)
+    expect = {("train", "0.npz"): ("frog", 0), ("train", "1.npz"): ("airplane", 0),
+              ("test", "2.npz"): ("frog", 1), ("test", "3.npz"): ("airplane", 1)}
+    assert set(data) == set(expect)
+    for key, (cls, j) in expect.items():
+        v = data[key]
+        assert int(v["label"]) == dataset.class_index("CIFAR", cls)
+        assert str(v["label_name"]) == f"img{j}_{cls}.png"
+        canvas = gen.image_to_canvas(Image.open(files[cls][j]), 40)
+        ref = np.clip(np.round(gen.translate(canvas, 0.0, 0.0, (40, 40)) * 255), 0, 255)
+        np.testing.assert_array_equal(v["gt"], ref.astype(np.uint8))
+
+
+def test_source_dir_caltech_aliases(tmp_path):
+    src = str(tmp_path / "src")
+    make_image_folder(src, ["ceiling_fan", "car_side", "Faces_easy", "Leopards"], per_class=1, size=16)
+    sources = gen.folder_source(src, "CALTECH")
+    names = {dataset.UCALTECH_CLASSES[label] for label in sources}
+    assert names == {"ceilingfan", "car", "faces", "Leopards"}
+
+
+def test_source_dir_unknown_folder_is_an_error(tmp_path):
+    src = str(tmp_path / "src")
+    make_image_folder(src, ["airplane", "spaceship"], per_class=1, size=8)
+    with pytest.raises(SystemExit, match="spaceship"):
+        gen.folder_source(src, "CIFAR")
+    with pytest.raises(SystemExit):
+        gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "0", "--workers", "1",
+                  "--data_root", str(tmp_path / "out")])
+
+
+def test_source_dir_too_few_images_is_an_error(tmp_path):
+    src = str(tmp_path / "src")
+    make_image_folder(src, ["frog"], per_class=1, size=8)
+    with pytest.raises(SystemExit, match="frog"):
+        gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--workers", "1",
+                  "--data_root", str(tmp_path / "out")])
