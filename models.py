@@ -80,8 +80,38 @@ class _LIFSequence(torch.autograd.Function):
         return grad_current, None, None, None
 
 
+class _Spike(torch.autograd.Function):
+    """H(x) forward, the surrogate derivative backward (x = mem - theta)."""
+
+    @staticmethod
+    def forward(ctx, x, surrogate_name):
+        ctx.save_for_backward(x)
+        ctx.surrogate_name = surrogate_name
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * SURROGATES[ctx.surrogate_name][1](x), None
+
+
+def _lif_sequence_traceable(current, beta, threshold, surrogate_name):
+    """The same recurrence in out-of-place ops, for torch.compile: inductor fuses the whole
+    T-step loop of a layer into one kernel (forward and backward)."""
+    mem = torch.zeros_like(current[0])
+    spk = torch.zeros_like(current[0])
+    spikes = []
+    for t in range(current.shape[0]):
+        mem = beta * mem + current[t] - threshold * spk.detach()    # detached reset, as snnTorch
+        spk = _Spike.apply(mem - threshold, surrogate_name)
+        spikes.append(spk)
+    return torch.stack(spikes)
+
+
 def lif_sequence(current, beta, threshold, surrogate_name="atan"):
     """LIF neurons over time: current [T, B, C, H, W] -> spikes [T, B, C, H, W] in {0,1}."""
+    if torch.compiler.is_compiling():
+        return _lif_sequence_traceable(current, beta, threshold, surrogate_name)
     return _LIFSequence.apply(current, beta, threshold, surrogate_name)
 
 

@@ -139,3 +139,17 @@ def test_config_round_trip_and_architecture_mismatch(tmp_path):
         load_checkpoint(str(garbage))
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("surrogate_name", ["atan", "fast_sigmoid"])
+def test_traceable_lif_used_under_torch_compile_equals_the_fused_one(surrogate_name):
+    from models import _LIFSequence, _lif_sequence_traceable
+    current = (torch.randn(4, 2, 3, 5, 5) * 1.5).requires_grad_()
+    c2 = current.detach().clone().requires_grad_()
+    a = _LIFSequence.apply(current, 0.9, 1.0, surrogate_name)
+    b = _lif_sequence_traceable(c2, 0.9, 1.0, surrogate_name)
+    torch.testing.assert_close(a, b)
+    g = torch.randn_like(a)
+    (a * g).sum().backward()
+    (b * g).sum().backward()
+    torch.testing.assert_close(current.grad, c2.grad)
