@@ -22,6 +22,7 @@ from dataset import prompt_name
 GREY_MEAN, GREY_STD = 0.459236, 0.175973
 CLIP_CACHE_DIR = "clip_model"
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_configs", "tiny.json")
+RANDOM_INIT_SEED = 0
 RANDOM_INIT_WARNING = ("CLIP weights: none (random init). CLIP losses and zero-shot accuracies "
                        "from this run are NOT semantic results.")
 
@@ -79,14 +80,17 @@ def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=
                                    f"({type(e).__name__}: {e})") from e
         info["clip_weights"] = os.path.abspath(pretrained)
     if model is None:
-        model = open_clip.create_model(model_name, pretrained=None)
+        # seeded, so that evaluate.py/test.py rebuild the very CLIP a run was trained with
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = open_clip.create_model(model_name, pretrained=None)
         info.update(clip_weights="none (random init)", clip_random_init=True)
         info["warnings"].append(RANDOM_INIT_WARNING)
         warnings.warn(RANDOM_INIT_WARNING, stacklevel=2)
         print(f"\n{'!' * 80}\n!! {RANDOM_INIT_WARNING}\n{'!' * 80}\n", flush=True)
     model.requires_grad_(False).eval().to(device)
-    if torch.device(device).type == "cuda":
-        model.half()
+    if torch.device(device).type == "cuda":   # frozen: half precision, bf16 to match the AMP dtype
+        model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return model, info
 
 

@@ -29,7 +29,8 @@ NIQE_MIN_SIDE = 96   # NIQE works on 96-px blocks: smaller images have none
 
 
 def experiment_name(checkpoint_path):
-    """exp/<name>/ckpts/x.pth -> <name> (the run folder, never the literal 'ckpts')."""
+    """exp/<name>/ckpts/x.pth -> <name>: the experiment folder, never the literal 'ckpts'
+    (a checkpoint kept elsewhere is named by its folder; --exp_name/--run_name override)."""
     folder = os.path.dirname(os.path.abspath(checkpoint_path))
     if os.path.basename(folder) == "ckpts":
         folder = os.path.dirname(folder)
@@ -77,7 +78,11 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     config = ckpt["model_config"]
     arch = config["arch"]
     data_type = args.data_type or ckpt["data_type"]
@@ -120,10 +125,11 @@ def main(argv=None):
                 if top5:
                     scores["top5"] = topk_correct(logits, labels, 5).cpu()
                 scores.update(iqa(img))
-                if batch["has_gt"].all():
+                if batch["has_gt"].any():   # NaN for samples without gt, left out of the means
                     gt = batch["gt"].to(device)
-                    scores["psnr"] = psnr(img, gt).cpu()
-                    scores["ssim"] = ssim(img, gt).cpu()
+                    missing = ~batch["has_gt"]
+                    scores["psnr"] = psnr(img, gt).cpu().masked_fill(missing, float("nan"))
+                    scores["ssim"] = ssim(img, gt).cpu().masked_fill(missing, float("nan"))
                 per_method[m] = scores
             for i in range(len(labels)):
                 row = {"index": int(batch["index"][i]), "file": os.path.basename(dataset.files[len(rows)]),
@@ -138,17 +144,18 @@ def main(argv=None):
                 k = min(args.num_grid - grid_samples, len(labels))
                 spikes = voxel[:k].mean(1, keepdim=True)
                 spikes = spikes / spikes.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
-                parts = [spikes, images["tfp"][:k], images["tfi"][:k], images[arch][:k]]
-                if batch["has_gt"].all():
-                    parts.append(batch["gt"][:k].to(device))
+                # gt column black where a file has none
+                parts = [spikes, images["tfp"][:k], images["tfi"][:k], images[arch][:k], batch["gt"][:k].to(device)]
                 grid.append(torch.stack(parts, dim=1).flatten(0, 1).float().cpu())
                 grid_samples += k
 
     # -- summary --------------------------------------------------------------------------------
     metric_keys = ["top1"] + (["top5"] if top5 else []) + list(iqa_names)
-    if rows and f"{arch}_psnr" in rows[0]:
+    with_gt = [r for r in rows if not math.isnan(r.get(f"{arch}_psnr", math.nan))]
+    if with_gt:
         metric_keys += ["psnr", "ssim"]
-    summary = {m: {k: float(np.mean([r[f"{m}_{k}"] for r in rows])) for k in metric_keys} for m in methods}
+    summary = {m: {k: float(np.mean([r[f"{m}_{k}"] for r in (with_gt if k in ("psnr", "ssim") else rows)]))
+                   for k in metric_keys} for m in methods}
     firing_rates = {}
     if arch == "snn" and rate_sum is not None:
         firing_rates = {f"lif{i + 1}": float(r) for i, r in enumerate(rate_sum / n_batches)}
@@ -163,9 +170,8 @@ def main(argv=None):
     atomic_write(os.path.join(out_dir, f"eval_{data_type}_{args.split}_summary.md"), lambda f: f.write(table), mode="w")
     if grid:
         import torchvision
-        cols = 5 if rows and f"{arch}_psnr" in rows[0] else 4
         torchvision.utils.save_image(torch.cat(grid), os.path.join(out_dir, "imgs", f"eval_{data_type}_{args.split}_grid.png"),
-                                     nrow=cols, padding=2)
+                                     nrow=5, padding=2)
     print(table)
     record = {"run_name": exp_name, "kind": "evaluate", "dataset": f"U-{data_type}", "split": args.split,
               "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
@@ -181,7 +187,8 @@ def main(argv=None):
 def _write_csv(f, rows):
     if not rows:
         return
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(k for r in rows for k in r))   # PSNR/SSIM only where gt exists
+    writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
 

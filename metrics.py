@@ -2,9 +2,14 @@
 Image-quality metrics (SPEC §7).
 - Full-reference: psnr, ssim on images in [0,1], one value per image.
 - No-reference: NoReferenceIQA, pyiqa's NIQE / BRISQUE / PIQE (lower is better for all three).
+- Efficiency: count_macs, synaptic_ops (SOPs and theoretical 45 nm energy), NvmlEnergyMeter
+  (measured GPU energy from NVML's total-energy counter).
 """
 
+import time
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
@@ -118,3 +123,177 @@ class NoReferenceIQA:
                     text += f" -> {height // 96}x{width // 96} blocks"
             out[name] = text + ")"
         return out
+
+
+# -----------------------------------------------------------------------------
+# efficiency (SPEC §7): MACs, synaptic operations, theoretical and measured energy
+
+E_MAC_PJ = 4.6  # 45 nm, 32-bit float multiply-accumulate (Horowitz 2014)
+E_AC_PJ = 0.9   # 45 nm, 32-bit float accumulate
+
+
+def _conv_out(size, conv, dim):
+    k, s, d = conv.kernel_size[dim], conv.stride[dim], conv.dilation[dim]
+    if isinstance(conv.padding, str):  # 'same' keeps the size, 'valid' pads nothing
+        return size if conv.padding == "same" else (size - d * (k - 1) - 1) // s + 1
+    return (size + 2 * conv.padding[dim] - d * (k - 1) - 1) // s + 1
+
+
+def count_macs(model, input_shape):
+    """Multiply-accumulates per image of a feed-forward conv stack (the LRNs), analytically.
+
+    input_shape: [C, H, W] or [B, C, H, W] (only H, W are used; MACs are per sample).
+    Every nn.Conv2d is taken in registration order, each fed by the previous one's output
+    (true for SpikingLRN / PlainLRN, whose other layers keep the spatial size); a layer costs
+    out_H * out_W * C_out * (C_in / groups) * kH * kW.
+
+    Returns {"layers": [{name, c_in, c_out, kernel, out_hw, macs}], "per_step": MACs of one
+    time step, "time_steps": T, "total": T * per_step}. "total" is the network's MAC count as
+    the step-by-step reference runs it: every layer, conv1 included, once per step (T = 1 for the
+    plain CNN). The fast backend executes fewer for direct encoding (conv1 once per image, the
+    readout once on the mean spike map): that is "executed_fast".
+    """
+    h, w = int(input_shape[-2]), int(input_shape[-1])
+    layers = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        h, w = _conv_out(h, m, 0), _conv_out(w, m, 1)
+        kh, kw = m.kernel_size
+        macs = h * w * m.out_channels * (m.in_channels // m.groups) * kh * kw
+        layers.append({"name": name, "c_in": m.in_channels, "c_out": m.out_channels,
+                       "kernel": [kh, kw], "out_hw": [h, w], "macs": macs})
+    t = int(getattr(model, "time_steps", 1))
+    per_step = sum(layer["macs"] for layer in layers)
+    executed = t * per_step
+    if len(layers) >= 2:  # fast backend: conv1 once (direct) or per step (temporal), readout once
+        first_runs = t if getattr(model, "encoding", "direct") == "temporal" else 1
+        executed = (first_runs * layers[0]["macs"] + layers[-1]["macs"]
+                    + t * sum(layer["macs"] for layer in layers[1:-1]))
+    return {"layers": layers, "per_step": per_step, "time_steps": t, "total": t * per_step,
+            "executed_fast": executed}
+
+
+def synaptic_ops(model, input_shape, firing_rates):
+    """Synaptic operations and theoretical energy per image (SPEC §7, 45 nm constants).
+
+    firing_rates: the mean spike rate of each LIF layer ([4] for SpikingLRN, from
+    model(x, return_rates=True)); empty / None for the plain CNN.
+    SNN: layer 1 sees the analog voxel, so its MACs * T are charged as MACs (4.6 pJ each);
+    layer l >= 2 sees the spikes of LIF layer l-1, so it performs rate_{l-1} * MACs_l * T
+    accumulates (SOPs, 0.9 pJ each). ANN: every MAC at 4.6 pJ, no SOPs.
+
+    Returns {"layers": [{name, macs, input_rate, ops, op}], "mac_ops", "sops",
+    "theoretical_energy_mj", "e_mac_pj", "e_ac_pj"}; all counts per image.
+    """
+    macs = count_macs(model, input_shape)
+    t = macs["time_steps"]
+    rates = [] if firing_rates is None else [float(r) for r in
+                                             (firing_rates.tolist() if torch.is_tensor(firing_rates)
+                                              else firing_rates)]
+    layers, mac_ops, sops = [], 0.0, 0.0
+    spiking = len(rates) > 0
+    if spiking and len(rates) != len(macs["layers"]) - 1:
+        raise ValueError(f"{len(macs['layers'])} conv layers need {len(macs['layers']) - 1} "
+                         f"firing rates (one per LIF layer), got {len(rates)}")
+    for i, layer in enumerate(macs["layers"]):
+        if not spiking or i == 0:
+            rate, ops, op = None, float(layer["macs"] * t), "MAC"
+            mac_ops += ops
+        else:
+            rate = rates[i - 1]
+            ops, op = rate * layer["macs"] * t, "AC"
+            sops += ops
+        layers.append({"name": layer["name"], "macs": layer["macs"], "input_rate": rate,
+                       "ops": ops, "op": op})
+    energy_pj = mac_ops * E_MAC_PJ + sops * E_AC_PJ
+    return {"layers": layers, "mac_ops": mac_ops, "sops": sops,
+            "theoretical_energy_mj": energy_pj * 1e-9, "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ}
+
+
+class NvmlEnergyMeter:
+    """Measured GPU energy from NVML's total-energy counter (mJ since driver load).
+
+    meter = NvmlEnergyMeter(cuda_index)
+    result, reason = meter.measure(run_once, images_per_call, seconds=10, sync=torch.cuda.synchronize)
+    -> result {"energy_mj_per_image" (idle subtracted), "energy_mj_per_image_gross",
+               "avg_power_w", "idle_power_w", "seconds", "images"} or None, and a reason string
+       when there is no result (or when the per-image figure could not be given).
+    Idle power is the counter's slope over `idle_seconds` of doing nothing just before the run.
+    The counter covers the whole board: other processes on the GPU are counted too.
+    Never raises for a missing GPU / NVML / counter: it reports why and returns None.
+    """
+
+    def __init__(self, device_index=0, nvml=None, clock=time.perf_counter, sleep=time.sleep):
+        self.clock, self.sleep = clock, sleep
+        self.nvml, self.handle, self.reason = None, None, None
+        try:
+            if nvml is None:
+                import pynvml as nvml  # the nvidia-ml-py package
+            nvml.nvmlInit()
+        except ImportError:
+            self.reason = "n/a (no NVML: nvidia-ml-py is not installed)"
+            return
+        except Exception as e:
+            self.reason = f"n/a (no NVML: {type(e).__name__}: {e})"
+            return
+        try:
+            self.handle = nvml.nvmlDeviceGetHandleByIndex(int(device_index))
+            nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except Exception as e:
+            self.handle = None
+            self.reason = f"n/a (NVML energy counter unavailable: {type(e).__name__}: {e})"
+            return
+        self.nvml = nvml
+
+    @property
+    def available(self):
+        return self.handle is not None
+
+    def _energy_mj(self):
+        return float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+
+    def idle_power_w(self, seconds=1.5):
+        e0, t0 = self._energy_mj(), self.clock()
+        self.sleep(seconds)
+        e1, t1 = self._energy_mj(), self.clock()
+        return (e1 - e0) / 1000.0 / max(t1 - t0, 1e-9)
+
+    def measure(self, run_once, images_per_call, seconds=10.0, sync=lambda: None, idle_seconds=1.5):
+        """Call run_once() back to back for >= `seconds` -> (result dict or None, reason or None)."""
+        if not self.available:
+            return None, self.reason
+        try:
+            sync()
+            idle_w = self.idle_power_w(idle_seconds)
+            e0, t0 = self._energy_mj(), self.clock()
+            images = 0
+            while True:
+                run_once()
+                images += images_per_call
+                if self.clock() - t0 >= seconds:
+                    break
+            sync()  # the work queued on the GPU is part of the run
+            e1, t1 = self._energy_mj(), self.clock()
+        except Exception as e:
+            return None, f"n/a (NVML read failed: {type(e).__name__}: {e})"
+        duration = max(t1 - t0, 1e-9)
+        gross_mj = e1 - e0
+        net_mj = gross_mj - idle_w * duration * 1000.0
+        result = {"energy_mj_per_image": net_mj / images if net_mj > 0 else None,
+                  "energy_mj_per_image_gross": gross_mj / images,
+                  "avg_power_w": gross_mj / 1000.0 / duration, "idle_power_w": idle_w,
+                  "seconds": duration, "images": images}
+        reason = None
+        if net_mj <= 0:
+            reason = (f"energy above idle not measurable ({gross_mj:.0f} mJ in {duration:.1f} s vs "
+                      f"idle {idle_w:.1f} W)")
+        return result, reason
+
+    def close(self):
+        if self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self.nvml, self.handle = None, None

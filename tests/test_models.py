@@ -153,3 +153,18 @@ def test_traceable_lif_used_under_torch_compile_equals_the_fused_one(surrogate_n
     (a * g).sum().backward()
     (b * g).sum().backward()
     torch.testing.assert_close(current.grad, c2.grad)
+
+
+def test_torch_compile_of_the_fast_path_equals_the_reference():
+    """The code torch.compile traces (used on CUDA by default) gives the reference's forward and
+    backward. Compiling on the CPU takes ~40 s, so one small case."""
+    ref, fast = make_pair(time_steps=2)
+    compiled = torch.compile(fast)
+    x = voxel(ref, size=8)
+    xr, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yc = ref(xr), compiled(xc)
+    torch.testing.assert_close(yc, yr, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(yr)
+    (yr * g).sum().backward()
+    (yc * g).sum().backward()
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,540 @@
+"""Look at and measure a trained reconstruction network.
+
+Panels: one PNG per sample, side by side: the spikes (mean of the voxel), TFP, TFI, the network's
+reconstruction and the ground truth when the data has it, under "pred: <class> / true: <class>"
+(CLIP zero-shot on the reconstruction). Benchmark: latency, throughput, MACs, synaptic
+operations, firing rates, theoretical energy (45 nm) and, on NVIDIA GPUs, energy measured with
+NVML's energy counter; a "benchmark" record goes to experiment_results.json.
+
+    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth              # 4 panels
+    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --input data/U-CIFAR/test/5.npz
+    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --input capture.dat
+    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --benchmark --bench_size 224
+
+Exit status 2: unusable input (checkpoint, data file, options).
+"""
+import argparse
+import contextlib
+import io
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from clip_guidance import ClipGuide, ClipWeightsError, load_clip
+from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset,
+                     center_crop, load_npz, read_dat, voxelize)
+from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
+from metrics import NvmlEnergyMeter, count_macs, synaptic_ops
+from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
+from results_tracker import RESULTS_FILE, append_record
+from utils import pick_device, tfi, tfp
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+WARMUP_RUNS = 10           # latency warm-up calls
+THROUGHPUT_WARMUP = 2      # warm-up calls per batch size (cuDNN picks its algorithms here)
+RANDOM_SPIKE_RATE = 0.03   # benchmark spikes when no data fits: UHSR's mean rate (SPEC §2)
+RATE_SAMPLES = 8           # data samples the firing rates are measured on
+MIN_TILE = 128             # panel tiles are enlarged (nearest) to at least this many pixels
+
+
+class InputError(Exception):
+    """Unusable options or input (exit status 2)."""
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_root", default="data", help="folder holding U-CIFAR/ and U-CALTECH/")
+    g.add_argument("--data_type", choices=sorted(CLASS_NAMES),
+                   help="class set of the data (default: the checkpoint's)")
+    g.add_argument("--split", default="test", help="split the panels (and the firing rates of "
+                                                    "--benchmark) come from")
+    g.add_argument("--input", help="one .npz (UHSR layout) or .dat (raw Vidar stream) file: its panel "
+                                   "instead of samples of --split")
+    g.add_argument("--height", type=int, default=250, help=".dat frame height")
+    g.add_argument("--width", type=int, default=400, help=".dat frame width (416: the 16 extra "
+                                                          "columns of a raw capture are dropped)")
+    g.add_argument("--start", type=int, help=f"--input: first frame of the {UHSR_FRAMES}-frame "
+                                             f"window the model sees (default: centred)")
+    g = p.add_argument_group("running")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
+                   help="SNN implementation: fused multi-step path, or the snnTorch reference loop")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the network (auto: on CUDA; on the CPU compiling costs more than it saves)")
+    g.add_argument("--dtype", choices=sorted(DTYPES),
+                   help="autocast precision of the network (default: fp32 on CPU, bf16 on CUDA)")
+    g.add_argument("--clip_model", help="CLIP for the zero-shot label (default: the checkpoint's)")
+    g.add_argument("--clip_pretrained", help="openai | /path/to/weights | none (default: the "
+                                             "weights the checkpoint was trained with)")
+    g = p.add_argument_group("output")
+    g.add_argument("--num_samples", type=int,
+                   help="panels for N samples spread evenly over --split (default: 4, or 0 with "
+                        "--benchmark or --input)")
+    g.add_argument("--output_dir", help="where panels go (default: exp/<experiment>/test, the "
+                                        "experiment being the checkpoint's run folder, the one "
+                                        "above ckpts/)")
+    g.add_argument("--run_name", help="run name of the benchmark record (default: the experiment)")
+    g.add_argument("--results_file", default=RESULTS_FILE, help="results file the benchmark "
+                                                                "record is appended to")
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--benchmark", action="store_true", help="measure speed, operations and energy")
+    g.add_argument("--bench_runs", type=int, default=100,
+                   help=f"timed batch-1 latency runs (after {WARMUP_RUNS} warm-up runs); each "
+                        f"throughput figure times about this many images (at least 3 calls)")
+    g.add_argument("--bench_batches", default="1,8,32", help="batch sizes of the throughput figures")
+    g.add_argument("--bench_size", type=int, help="input height = width (default: the checkpoint's crop)")
+    g.add_argument("--energy_seconds", type=float, default=10.0,
+                   help="length of the sustained run whose energy NVML measures (CUDA only)")
+    args = p.parse_args(argv)
+    try:
+        args.bench_batches = sorted({int(b) for b in args.bench_batches.split(",") if b.strip()})
+    except ValueError:
+        p.error(f"--bench_batches: expected comma-separated integers, got {args.bench_batches!r}")
+    if not args.bench_batches or min(args.bench_batches) < 1:
+        p.error("--bench_batches: batch sizes must be >= 1")
+    for name in ("bench_runs", "bench_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.num_samples is not None and args.num_samples < 0:
+        p.error("--num_samples must be >= 0")
+    if args.energy_seconds <= 0:
+        p.error("--energy_seconds must be > 0")
+    if args.num_samples is None:
+        args.num_samples = 0 if (args.benchmark or args.input) else 4
+    return args
+
+
+def pick_dtype(name, device):
+    if name is None:
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError("--dtype bf16: this GPU does not support bfloat16; use fp16 or fp32")
+    return name
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def voxelize_on_device(spikes, bins):
+    """uint8 spikes [B, F, H, W] -> float voxel [B, bins, H, W] (F/bins frames summed per bin)."""
+    b, f, h, w = spikes.shape
+    return spikes.view(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
+
+
+class Runner:
+    """The checkpoint's network on a device, in eval mode, under the chosen autocast dtype."""
+
+    def __init__(self, model, device, dtype_name, compile_mode="auto"):
+        self.model, self.device, self.dtype_name = model, device, dtype_name
+        self.channels_last = device.type == "cuda"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        # self.model stays the plain module (for MACs, config); self.forward may be compiled
+        self.forward = model
+        if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):
+            self.forward = torch.compile(model)
+
+    def autocast(self):
+        dtype = DTYPES[self.dtype_name]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def prepare(self, voxel):
+        voxel = voxel.to(self.device, non_blocking=True).float()
+        return voxel.contiguous(memory_format=torch.channels_last) if self.channels_last else voxel
+
+    def __call__(self, voxel, return_rates=False):
+        with self.autocast():
+            return self.forward(voxel, return_rates=return_rates)
+
+
+# ----------------------------------------------------------------------------------------------
+# Panels
+
+def _grey_tile(img, scale):
+    """float [H, W] in [0, 1] -> PIL 'L' image enlarged `scale` times (nearest)."""
+    arr = (np.clip(np.asarray(img, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    tile = Image.fromarray(arr)                       # 2-D uint8 -> mode "L"
+    return tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) if scale > 1 else tile
+
+
+def compose_panel(tiles, captions, title):
+    """Tiles side by side, a caption under each and a title line on top -> PIL RGB image."""
+    font = ImageFont.load_default()
+    h = max(np.asarray(t).shape[0] for t in tiles)
+    scale = max(1, math.ceil(MIN_TILE / h))
+    imgs = [_grey_tile(t, scale) for t in tiles]
+    pad, line = 6, 16
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = pad + sum(i.width + pad for i in imgs)
+    width = max(width, int(probe.textlength(title, font=font)) + 2 * pad)
+    height = line + pad + max(i.height for i in imgs) + line + pad
+    panel = Image.new("RGB", (width, height), (32, 32, 32))
+    draw = ImageDraw.Draw(panel)
+    draw.text((pad, 2), title, fill=(255, 255, 255), font=font)
+    x = pad
+    for img, caption in zip(imgs, captions):
+        panel.paste(img.convert("RGB"), (x, line + pad // 2))
+        draw.text((x, line + pad // 2 + img.height + 2), caption, fill=(220, 220, 220), font=font)
+        x += img.width + pad
+    return panel
+
+
+class Labeller:
+    """CLIP zero-shot class of a reconstruction; loaded on first use."""
+
+    def __init__(self, args, ckpt, class_names, device):
+        info = ckpt.get("clip") or {}
+        self.model_name = args.clip_model or info.get("clip_model") or "ViT-B-32"
+        self.weights = args.clip_pretrained or clip_spec_from_checkpoint(ckpt)
+        self.class_names, self.device = class_names, device
+        self.guide, self.info = None, None
+
+    def __call__(self, images):
+        """images [B, 1, H, W] in [0, 1] -> class names [B]."""
+        if self.guide is None:
+            torch.manual_seed(0)    # a random-init CLIP is at least the same on every call
+            clip_model, self.info = load_clip(self.model_name, self.weights, self.device)
+            self.guide = ClipGuide(clip_model, self.class_names, self.device)
+        with torch.inference_mode():
+            idx = self.guide.class_logits(images.float().to(self.device)).argmax(1)
+        return [self.class_names[int(i)] for i in idx]
+
+    def title(self, pred, true):
+        text = f"pred: {pred}" + (f" / true: {true}" if true is not None else "")
+        if self.info["clip_random_init"]:
+            text += " (random CLIP)"
+        return text
+
+
+def reconstruct(runner, voxel):
+    with torch.inference_mode():
+        return to_image(runner(runner.prepare(voxel)).float()).cpu()
+
+
+def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
+    """voxel [bins, H, W]; baselines (TFP, TFI) [H, W] of the same window and crop; gt [H, W]
+    in [0, 1] or None -> (PIL panel, predicted class)."""
+    voxel = torch.as_tensor(voxel).float()
+    image = reconstruct(runner, voxel[None])
+    pred = labeller(image)[0]
+    spikes = voxel.mean(0)
+    spikes = (spikes / spikes.max().clamp(min=1e-6)).numpy()
+    tiles = [spikes, *baselines, image[0, 0].numpy()]
+    captions = ["spikes (voxel mean)", "TFP", "TFI", arch.upper()]
+    if gt is not None:
+        tiles.append(gt)
+        captions.append("GT")
+    return compose_panel(tiles, captions, labeller.title(pred, true_name)), pred
+
+
+def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
+    """Panels of --num_samples samples spread evenly over --split (first and last included)."""
+    dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
+                          with_baselines=True)
+    n = min(args.num_samples, len(dataset))
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
+    written = []
+    for i in picks:
+        item = dataset[i]
+        gt = item["gt"][0].numpy() if item["has_gt"] else None
+        panel, pred = make_panel(runner, labeller, arch, item["voxel"],
+                                 (item["tfp"][0].numpy(), item["tfi"][0].numpy()),
+                                 item["class_name"], gt)
+        stem = os.path.splitext(os.path.basename(dataset.files[i]))[0]
+        out = os.path.join(args.output_dir, f"{args.split}_{stem}.png")
+        panel.save(out)
+        written.append(out)
+        print(f"{out}: pred {pred} / true {item['class_name']}")
+    return written
+
+
+def window(spk, start, path):
+    """The UHSR_FRAMES frames the model sees, from `start` (default: centred)."""
+    t = spk.shape[0]
+    if t < UHSR_FRAMES:
+        raise SpikeDataError(f"{path}: {t} frames, the model needs {UHSR_FRAMES}")
+    if start is None:
+        start = (t - UHSR_FRAMES) // 2
+    if not 0 <= start <= t - UHSR_FRAMES:
+        raise SpikeDataError(f"{path}: --start {start} is outside [0, {t - UHSR_FRAMES}] "
+                             f"({t} frames, window {UHSR_FRAMES})")
+    return spk[start:start + UHSR_FRAMES]
+
+
+def input_panel(args, runner, labeller, arch, class_names, crop, bins):
+    path = args.input
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: --input file not found")
+    ext = os.path.splitext(path)[1].lower()
+    gt, true_name = None, None
+    if ext == ".npz":
+        spk, label, _, gt = load_npz(path, num_classes=len(class_names), with_gt=True)
+        true_name = class_names[label]
+    elif ext == ".dat":
+        spk = read_dat(path, args.height, args.width)
+    else:
+        raise InputError(f"{path}: --input must be a .npz or .dat file")
+    spk = center_crop(window(spk, args.start, path), crop, path)
+    if gt is not None:
+        gt = center_crop(gt, crop, path).astype(np.float32) / 255.0
+    panel, pred = make_panel(runner, labeller, arch, voxelize(spk, bins), (tfp(spk), tfi(spk)),
+                             true_name, gt)
+    out = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+    panel.save(out)
+    print(f"{out}: pred {pred}" + (f" / true {true_name}" if true_name else ""))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+
+def percentiles(times_ms):
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
+            "p99": float(np.percentile(t, 99))}
+
+
+def latency_ms(fn, runs, device):
+    """Per-call wall time of fn() in ms after WARMUP_RUNS warm-up calls (CUDA events on GPU)."""
+    for _ in range(WARMUP_RUNS):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def images_per_second(fn, batch, calls, device):
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(THROUGHPUT_WARMUP):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return batch * calls / (time.perf_counter() - t0)
+
+
+def benchmark_spikes(batch, size, seed=0):
+    """Random binary spikes uint8 [batch, UHSR_FRAMES, size, size] at RANDOM_SPIKE_RATE."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([(torch.rand(UHSR_FRAMES, size, size, generator=g) < RANDOM_SPIKE_RATE)
+                        .to(torch.uint8) for _ in range(batch)])
+
+
+def rate_voxels(args, data_type, size, bins):
+    """Voxels the firing rates are measured on: up to RATE_SAMPLES of --split cropped to `size`,
+    or random spikes when that data is missing or its frames are smaller -> (voxel, description)."""
+    try:
+        dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=size)
+        n = min(RATE_SAMPLES, len(dataset))
+        picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
+        voxel = torch.stack([dataset[i]["voxel"] for i in picks]).float()
+        return voxel, f"{DATASET_DIRS[data_type]}/{args.split}: {len(picks)} samples at {size}x{size}"
+    except (FileNotFoundError, SpikeDataError) as e:
+        voxel = voxelize_on_device(benchmark_spikes(RATE_SAMPLES, size, seed=1), bins)
+        why = str(e).splitlines()[0]
+        return voxel, f"random spikes, rate {RANDOM_SPIKE_RATE} (no usable data: {why})"
+
+
+def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
+    model, device = runner.model, runner.device
+    size = args.bench_size or crop
+    bins = model.input_channels
+    arch = model.config()["arch"]
+    max_batch = max(args.bench_batches)
+    print(f"benchmark: {arch.upper()} ({args.backend} backend), input {bins}x{size}x{size}, "
+          f"{device_name(device)}, dtype {runner.dtype_name}")
+    spikes = benchmark_spikes(max_batch, size).to(device)
+    with torch.inference_mode():
+        # firing rates (they decide the synaptic operations)
+        rate_in, rate_source = rate_voxels(args, data_type, size, bins)
+        _, rates = runner(runner.prepare(rate_in), return_rates=True)
+        rates = [float(r) for r in rates.float().cpu()]
+
+        voxel1 = runner.prepare(voxelize_on_device(spikes[:1], bins))
+        lat = percentiles(latency_ms(lambda: runner(voxel1), args.bench_runs, device))
+        spk1 = spikes[:1]
+        lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize_on_device(spk1, bins))),
+                                         args.bench_runs, device))
+        throughput, throughput_vox = {}, {}
+        for b in args.bench_batches:
+            calls = max(3, math.ceil(args.bench_runs / b))
+            vox = runner.prepare(voxelize_on_device(spikes[:b], bins))
+            throughput[str(b)] = images_per_second(lambda: runner(vox), b, calls, device)
+            spk_b = spikes[:b]
+            throughput_vox[str(b)] = images_per_second(
+                lambda: runner(runner.prepare(voxelize_on_device(spk_b, bins))), b, calls, device)
+            del vox
+
+        energy, energy_note = None, "n/a (no NVML: CPU run)"
+        if device.type == "cuda":
+            try:
+                index = torch.cuda._get_nvml_device_index(device)
+            except Exception:
+                index = device.index or 0
+            meter = NvmlEnergyMeter(index)
+            vox = runner.prepare(voxelize_on_device(spikes, bins))
+            energy, energy_note = meter.measure(
+                lambda: runner(vox), max_batch, seconds=args.energy_seconds,
+                sync=lambda: torch.cuda.synchronize(device))
+            meter.close()
+
+    macs = count_macs(model, (bins, size, size))
+    ops = synaptic_ops(model, (bins, size, size), rates if arch == "snn" else None)
+    params = sum(p.numel() for p in model.parameters())
+    buf = io.BytesIO()
+    torch.save(ckpt["model"], buf)
+    layer_names = [f"lif{i + 1}" for i in range(len(rates))]
+    bench = {
+        "device": device_name(device), "backend": args.backend if arch == "snn" else "plain",
+        "dtype": runner.dtype_name, "input_size": size, "time_steps": macs["time_steps"],
+        "encoding": getattr(model, "encoding", None),
+        "latency_ms": {**lat, "runs": args.bench_runs, "warmup": WARMUP_RUNS, "batch": 1},
+        "latency_ms_with_voxelisation": lat_vox,
+        "throughput": throughput, "throughput_with_voxelisation": throughput_vox,
+        "energy_mj_per_image": energy["energy_mj_per_image"] if energy else None,
+        "energy_mj_per_image_gross": energy["energy_mj_per_image_gross"] if energy else None,
+        "avg_power_w": energy["avg_power_w"] if energy else None,
+        "idle_power_w": energy["idle_power_w"] if energy else None,
+        "energy_batch": max_batch if energy else None,
+        "energy_seconds": energy["seconds"] if energy else None,
+        "energy_note": energy_note,
+        "params": params, "conv_weights": sum(m.weight.numel() for m in model.modules()
+                                               if isinstance(m, torch.nn.Conv2d)),
+        "weights_bytes": len(buf.getvalue()), "checkpoint_bytes": os.path.getsize(args.checkpoint),
+        "macs": macs["total"], "macs_per_step": macs["per_step"],
+        "macs_executed": macs["executed_fast"] if args.backend == "fast" else macs["total"],
+        "sops": ops["sops"], "mac_ops": ops["mac_ops"],
+        "theoretical_energy_mj": ops["theoretical_energy_mj"],
+        "firing_rates": dict(zip(layer_names, rates)), "firing_rates_input": rate_source,
+    }
+    print_benchmark(bench, ops)
+    record = {"run_name": run_name, "kind": "benchmark", "dataset": f"U-{data_type}",
+              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
+              **{k: clip_info.get(k) for k in ("clip_model", "clip_weights", "clip_random_init")},
+              "warnings": list(clip_info.get("warnings") or []), "benchmark": bench}
+    append_record(record, args.results_file)
+    print(f"benchmark record '{run_name}' appended to {args.results_file}")
+    return bench
+
+
+def _count(n):
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3f} {unit}"
+    return f"{n:.0f}"
+
+
+def print_benchmark(b, ops):
+    lat, lv = b["latency_ms"], b["latency_ms_with_voxelisation"]
+    rows = [
+        ("device", b["device"]),
+        ("dtype / backend", f"{b['dtype']} / {b['backend']}"),
+        ("input", f"{b['input_size']}x{b['input_size']}, T={b['time_steps']} ({b['encoding']})"),
+        ("latency b=1 (ms)", f"median {lat['median']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}"
+                             f"  ({lat['runs']} runs after {lat['warmup']} warm-up)"),
+        ("  + voxelisation", f"median {lv['median']:.3f}  p90 {lv['p90']:.3f}  p99 {lv['p99']:.3f}"),
+        ("throughput (img/s)", "  ".join(f"b={k}: {v:.1f}" for k, v in b["throughput"].items())),
+        ("  + voxelisation", "  ".join(f"b={k}: {v:.1f}" for k, v in
+                                       b["throughput_with_voxelisation"].items())),
+        ("params", f"{b['params']:,} ({b['conv_weights']:,} conv weights)"),
+        ("weights on disk", f"{b['weights_bytes'] / 1e6:.3f} MB (checkpoint file "
+                            f"{b['checkpoint_bytes'] / 1e6:.3f} MB)"),
+        ("MACs / image", f"{_count(b['macs'])} = T x {_count(b['macs_per_step'])} per step "
+                         f"({b['backend']} backend executes {_count(b['macs_executed'])})"),
+        ("firing rates", "  ".join(f"{k} {v:.4f}" for k, v in b["firing_rates"].items()) or "n/a (ANN)"),
+        ("  measured on", b["firing_rates_input"]),
+        ("SOPs / image", f"{_count(b['sops'])} AC + {_count(b['mac_ops'])} MAC"),
+        ("theoretical energy", f"{b['theoretical_energy_mj']:.4f} mJ/image (45 nm: MAC "
+                               f"{ops['e_mac_pj']} pJ, AC {ops['e_ac_pj']} pJ)"),
+    ]
+    if b["energy_mj_per_image"] is not None or b["avg_power_w"] is not None:
+        per_img = (f"{b['energy_mj_per_image']:.4f} mJ/image above idle"
+                   if b["energy_mj_per_image"] is not None else "n/a above idle")
+        rows.append(("measured energy", f"{per_img} ({b['energy_mj_per_image_gross']:.4f} gross), "
+                                        f"batch {b['energy_batch']}, {b['energy_seconds']:.1f} s"))
+        rows.append(("power", f"avg {b['avg_power_w']:.1f} W, idle {b['idle_power_w']:.1f} W"))
+    if b["energy_note"]:
+        rows.append(("measured energy" if b["energy_mj_per_image"] is None else "note", b["energy_note"]))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def run(args):
+    ckpt = load_checkpoint(args.checkpoint)
+    device = pick_device(args.device)
+    dtype_name = pick_dtype(args.dtype, device)
+    model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend).to(device).eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    runner = Runner(model, device, dtype_name, args.compile)
+    opt = ckpt.get("opt") or {}
+    data_type = args.data_type or ckpt.get("data_type") or opt.get("data_type")
+    if data_type not in CLASS_NAMES:
+        raise InputError(f"{args.checkpoint}: the checkpoint names no known data type; pass --data_type")
+    crop = int(ckpt.get("crop_size") or opt.get("crop_size") or 224)
+    bins = model.input_channels
+    if UHSR_FRAMES % bins:
+        raise InputError(f"the network takes {bins} bins, which {UHSR_FRAMES} frames do not fill evenly")
+    exp_name = experiment_name(args.checkpoint)
+    run_name = args.run_name or exp_name
+    args.output_dir = args.output_dir or os.path.join("exp", exp_name, "test")
+    arch = model.config()["arch"]
+    print(f"{args.checkpoint}: {arch.upper()}, trained on U-{data_type} at {crop}x{crop}; "
+          f"{device_name(device)}, dtype {dtype_name}")
+
+    if args.input or args.num_samples:
+        os.makedirs(args.output_dir, exist_ok=True)
+        labeller = Labeller(args, ckpt, CLASS_NAMES[data_type], device)
+        if args.input:
+            input_panel(args, runner, labeller, arch, CLASS_NAMES[data_type], crop, bins)
+        if args.num_samples:
+            dataset_panels(args, runner, labeller, arch, data_type, crop, bins)
+    if args.benchmark:
+        run_benchmark(args, runner, ckpt, data_type, crop, run_name, ckpt.get("clip") or {})
+    return 0
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, SpikeDataError, ClipWeightsError, InputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
