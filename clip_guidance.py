@@ -8,6 +8,7 @@
 - QualityPrompts: the learned high-/low-quality prompt pair (CLIP-LIT / CoOp style).
 """
 import os
+import socket
 import warnings
 
 import torch
@@ -38,6 +39,38 @@ def _create(model_name, pretrained, cache_dir):
                                   force_quick_gelu=quick_gelu)
 
 
+def _hub_reachable(timeout=3.0):
+    """A quick look before downloading: offline, huggingface_hub would retry with back-off
+    for ~45 s before giving up."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_openai_weights(model_name, cache_dir):
+    """Path of OpenAI weights already downloaded into cache_dir by open_clip, or None."""
+    from huggingface_hub import try_to_load_from_cache
+    repo = open_clip.get_pretrained_cfg(model_name, "openai").get("hf_hub", "").strip("/")
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, filename, cache_dir=cache_dir) if repo else None
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _openai(model_name, cache_dir):
+    """OpenAI weights from the cache, else from the hub; raises when neither can be had."""
+    cached = _cached_openai_weights(model_name, cache_dir)
+    if cached is None and not _hub_reachable():
+        raise ClipWeightsError("the model hub is not reachable and the weights are not cached "
+                               f"in ./{cache_dir}/")
+    return _create(model_name, cached or "openai", cache_dir)
+
+
 def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=CLIP_CACHE_DIR):
     """-> (frozen open_clip model on device, info dict stored with every result/checkpoint)."""
     if model_name == "tiny":
@@ -51,7 +84,7 @@ def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=
         info["warnings"].append(f"--clip_pretrained auto: {model_name} has no OpenAI weights")
     elif pretrained == "auto":
         try:
-            model = _create(model_name, "openai", cache_dir)
+            model = _openai(model_name, cache_dir)
             info["clip_weights"] = "openai"
         except Exception as e:  # offline, no such tag for this model, ...
             model = None
@@ -59,7 +92,7 @@ def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=
             info["warnings"].append(f"--clip_pretrained auto: OpenAI weights not obtainable ({reason})")
     elif pretrained == "openai":
         try:
-            model = _create(model_name, "openai", cache_dir)
+            model = _openai(model_name, cache_dir)
         except Exception as e:
             raise ClipWeightsError(
                 f"could not obtain OpenAI weights for {model_name} ({type(e).__name__}: {e}).\n"

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clip_guidance import ClipGuide, ClipWeightsError, load_clip
-from dataset import CLASS_NAMES, UHSR_BINS, UHSRDataset
+from dataset import (CLASS_NAMES, UHSR_BINS, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window,
+                     read_dat, voxelize)
 from metrics import NoReferenceIQA, psnr, ssim
 from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
 from results_tracker import RESULTS_FILE, append_record
-from utils import atomic_write, pick_device
+from utils import atomic_write, pick_device, tfi, tfp
 
 NIQE_MIN_SIDE = 96   # NIQE works on 96-px blocks: smaller images have none
 
@@ -62,6 +63,14 @@ def get_args(argv=None):
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--num_grid", type=int, default=8, help="samples shown in the image grid")
     p.add_argument("--results_file", default=RESULTS_FILE)
+    g = p.add_argument_group("one raw stream instead of a dataset (e.g. a REDS_BASE .dat/.png pair)")
+    g.add_argument("--dat", help="a Vidar .dat stream: score its centre window instead of --data_root")
+    g.add_argument("--gt", help="ground-truth image (grey or colour) of the stream's centre frame")
+    g.add_argument("--height", type=int, default=250)
+    g.add_argument("--width", type=int, default=400)
+    g.add_argument("--rate", type=float, help="photo-electric rate: TFP/TFI = estimate / rate "
+                                              "(REDS_BASE: 0.6); default: normalised to the 99.5th percentile")
+    g.add_argument("--tfp_window", type=int, help="frames TFP averages (Spike-Zoo: 41); default: the model's window")
     return p.parse_args(argv)
 
 
@@ -90,6 +99,12 @@ def main(argv=None):
     exp_name = args.exp_name or experiment_name(args.checkpoint)
     out_dir = os.path.join(args.exp_root, exp_name)
     os.makedirs(os.path.join(out_dir, "imgs"), exist_ok=True)
+    if args.dat:
+        try:
+            return evaluate_stream(args, ckpt, model.to(device).eval(), device, exp_name, out_dir)
+        except (SpikeDataError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     bins = UHSR_BINS * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
     dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
@@ -181,6 +196,53 @@ def main(argv=None):
               "input_size": crop, "firing_rates": firing_rates, "device": str(device)}
     append_record(record, args.results_file)
     print(f"wrote {csv_path} and a record in {args.results_file}")
+    return 0
+
+
+def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
+    """Score one raw stream (full frame, centre window) against its gt: network, TFP, TFI."""
+    from PIL import Image
+    stream = read_dat(args.dat, args.height, args.width)
+    spk = center_window(stream, UHSR_FRAMES, args.dat)
+    config = ckpt["model_config"]
+    bins = UHSR_BINS * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
+    with torch.inference_mode():
+        voxel = torch.from_numpy(voxelize(spk, bins))[None].to(device)
+        out, rates = model(voxel, return_rates=True)
+    images = {config["arch"]: to_image(out.float()).cpu(),
+              "tfp": torch.from_numpy(tfp(spk, args.tfp_window, args.rate)).clamp(0, 1)[None, None],
+              "tfi": torch.from_numpy(tfi(spk, rate=args.rate)).clamp(0, 1)[None, None]}
+    gt = None
+    if args.gt:
+        with Image.open(args.gt) as img:
+            gt = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        if gt.shape[-2:] != spk.shape[-2:]:
+            raise SpikeDataError(f"{args.gt}: gt is {tuple(gt.shape[-2:])}, the stream {spk.shape[-2:]}")
+    iqa = NoReferenceIQA("cpu")
+    summary = {}
+    for m, img in images.items():
+        scores = {k: float(v[0]) for k, v in iqa(img).items()}
+        if gt is not None:
+            scores.update(psnr=float(psnr(img, gt)[0]), ssim=float(ssim(img, gt)[0]))
+        summary[m] = scores
+    keys = list(next(iter(summary.values())))
+    name = os.path.basename(args.dat)
+    lines = [f"# {name}: centre {UHSR_FRAMES} of {len(stream)} frames, {spk.shape[1]}x{spk.shape[2]}, "
+             f"TFP window {args.tfp_window or UHSR_FRAMES}, rate {args.rate or 'normalised'}",
+             f"checkpoint: {args.checkpoint}", f"IQA: {'; '.join(iqa.describe().values())}", "",
+             "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {m.upper()} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |" for m, v in summary.items()]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    atomic_write(os.path.join(out_dir, f"eval_{os.path.splitext(name)[0]}.md"), lambda f: f.write(table), mode="w")
+    clip = ckpt.get("clip", {})
+    append_record({"run_name": exp_name, "kind": "evaluate", "dataset": f"file:{name}",
+                   "checkpoint": os.path.abspath(args.checkpoint), "arch": config["arch"],
+                   "clip_model": clip.get("clip_model"), "clip_weights": clip.get("clip_weights"),
+                   "clip_random_init": clip.get("clip_random_init"), "warnings": clip.get("warnings", []),
+                   "metrics": summary, "num_samples": 1, "iqa_variant": "; ".join(iqa.describe().values()),
+                   "firing_rates": {f"lif{i + 1}": float(r) for i, r in enumerate(rates)} if config["arch"] == "snn" else {},
+                   "rate": args.rate, "tfp_window": args.tfp_window}, args.results_file)
     return 0
 
 

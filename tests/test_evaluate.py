@@ -86,3 +86,27 @@ def test_topk_and_experiment_name():
     assert evaluate.topk_correct(logits, labels, 2).tolist() == [True, True]
     assert evaluate.experiment_name("exp/my_run/ckpts/checkpoint_best.pth") == "my_run"
     assert evaluate.experiment_name("somewhere/model.pth") == "somewhere"
+
+
+def test_a_raw_dat_stream_with_gt_is_scored(trained, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from dataset import write_dat
+    _, _, ckpt = trained
+    rng = np.random.default_rng(0)
+    gt = np.tile(np.linspace(0.1, 0.9, 104, dtype=np.float32), (96, 1))        # a horizontal ramp
+    spk = (rng.random((240, 96, 104)) < 0.6 * gt).astype(np.uint8)
+    write_dat(str(tmp_path / "s.dat"), spk)
+    Image.fromarray((gt * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    results = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--dat", str(tmp_path / "s.dat"), "--gt", str(tmp_path / "s.png"),
+                          "--height", "96", "--width", "104", "--rate", "0.6", "--tfp_window", "41",
+                          "--exp_root", str(tmp_path / "exp"), "--results_file", str(results)]) == 0
+    record = json.loads(results.read_text())["runs"][0]
+    assert record["dataset"] == "file:s.dat"
+    assert record["metrics"]["tfp"]["psnr"] > 15          # TFP / rate recovers the ramp (41-frame noise: ~19 dB)
+    assert set(record["metrics"]["snn"]) == {"niqe", "brisque", "piqe", "psnr", "ssim"}
+    # a truncated stream is refused, naming the file
+    (tmp_path / "bad.dat").write_bytes(b"\x00" * 1001)
+    assert evaluate.main(["--checkpoint", str(ckpt), "--dat", str(tmp_path / "bad.dat"), "--height", "96",
+                          "--width", "104", "--results_file", str(results)]) == 2
