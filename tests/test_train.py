@@ -171,3 +171,20 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path, data_root):
     assert [h["stage"] for h in ckpt["history"]] == ["coarse", "prompt", "fine"]
     records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
     assert [r["train"]["world_size"] for r in records] == [2]           # rank 0 alone writes
+
+
+def test_early_stop_ends_a_stage_after_patience_epochs_without_improvement(tmp_path, data_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a coarse loss that is the same every epoch: the validation score never improves after epoch 1
+    real_coarse = train.StageLoss.coarse
+
+    def flat_coarse(self, out, batch):
+        total, terms = real_coarse(self, out, batch)
+        return total * 0 + 1.0, terms
+
+    monkeypatch.setattr(train.StageLoss, "coarse", flat_coarse)
+    assert run(tmp_path, data_root, "early", "--epochs_coarse", "5", "--epochs_prompt", "1", "--epochs_fine", "1",
+               "--early_stop", "--patience", "2") == 0
+    ckpt = load(tmp_path / "exp" / "early" / "ckpts" / "checkpoint_last.pth")
+    stages = [h["stage"] for h in ckpt["history"]]
+    assert stages == ["coarse"] * 3 + ["prompt", "fine"], stages        # 1 best + 2 without improvement
