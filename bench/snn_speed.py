@@ -118,6 +118,9 @@ def bench_inference(args, device, models):
         with torch.inference_mode(), amp:
             y = model(x1c).float()
             diff = (y - y_ref).abs().max().item() if "ANN" not in name else float("nan")
+            # a reordered float sum can flip a spike whose membrane sits at the threshold; that
+            # moves a few output pixels by a readout weight, so also report how many moved
+            moved = ((y - y_ref).abs() > 1e-4).float().mean().item() if "ANN" not in name else float("nan")
             lat, lat90 = timed(lambda: model(x1c), args.runs, device)
             thr_ms, _ = timed(lambda: model(xb), max(3, args.runs // 5), device)
         if device.type == "cuda":
@@ -127,7 +130,7 @@ def bench_inference(args, device, models):
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = None
-        rows[name] = {"max_abs_diff": diff, "latency_ms": lat, "latency_p90_ms": lat90,
+        rows[name] = {"max_abs_diff": diff, "pixels_moved": moved, "latency_ms": lat, "latency_p90_ms": lat90,
                       "throughput": args.batch / thr_ms * 1000, "peak_mem_mib": peak}
         print(f"  {name}: diff {diff:.2e}, batch 1 {lat:.2f} ms, batch {args.batch} "
               f"{rows[name]['throughput']:.1f} img/s", flush=True)
@@ -143,7 +146,8 @@ def bench_training(args, device, models):
     amp = torch.autocast(device.type, dtype=DTYPES[args.dtype], enabled=args.dtype != "fp32")
     rows = {}
     state = models["snntorch reference"].state_dict()
-    plans = [("snntorch reference", "snntorch", False, False), ("fast + channels_last", "fast", True, False)]
+    plans = [("snntorch reference", "snntorch", False, False), ("fast", "fast", False, False),
+             ("fast + channels_last", "fast", True, False)]
     if args.compile:
         plans.append(("fast + channels_last + compile", "fast", True, True))
     for name, backend, cl, comp in plans:
@@ -193,9 +197,9 @@ def main():
             rows.setdefault(name, {}).update(r)
     ref = rows["snntorch reference"]
     print()
-    print(f"| variant | max abs diff | batch-1 latency ms (p90) | x ref | batch-{args.batch} img/s | x ref "
+    print(f"| variant | max abs diff | pixels > 1e-4 | batch-1 latency ms (p90) | x ref | batch-{args.batch} img/s | x ref "
           f"| train samples/s | x ref | peak MiB (infer) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         def ratio(key, invert=False):
             if key not in r or key not in ref or not r[key]:
@@ -204,7 +208,7 @@ def main():
         lat = f"{r['latency_ms']:.2f} ({r['latency_p90_ms']:.2f})" if "latency_ms" in r else "—"
         train = f"{r['train_samples_per_s']:.2f}" if "train_samples_per_s" in r else "—"
         peak = f"{r['peak_mem_mib']:.0f}" if r.get("peak_mem_mib") else "—"
-        print(f"| {name} | {r.get('max_abs_diff', float('nan')):.1e} | {lat} | {ratio('latency_ms', True)} "
+        print(f"| {name} | {r.get('max_abs_diff', float('nan')):.1e} | {100 * r.get('pixels_moved', float('nan')):.3f}% | {lat} | {ratio('latency_ms', True)} "
               f"| {r.get('throughput', 0):.1f} | {ratio('throughput')} | {train} | {ratio('train_samples_per_s')} | {peak} |")
     if args.json:
         with open(args.json, "w") as f:
