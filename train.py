@@ -14,8 +14,6 @@ is better); it drives --early_stop and checkpoint_best.pth.
 """
 import argparse
 import contextlib
-import copy
-import json
 import math
 import os
 import random
