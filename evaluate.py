@@ -60,7 +60,9 @@ def get_args(argv=None):
     p.add_argument("--clip_pretrained", help="default: the weights the checkpoint was trained with")
     p.add_argument("--backend", choices=["fast", "snntorch"], default="fast")
     p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+                   help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "
+                        "data side's bottleneck, so use all spare cores")
     p.add_argument("--num_grid", type=int, default=8, help="samples shown in the image grid")
     p.add_argument("--results_file", default=RESULTS_FILE)
     g = p.add_argument_group("one raw stream instead of a dataset (e.g. a REDS_BASE .dat/.png pair)")

@@ -70,6 +70,20 @@ def bench_loading(files, with_baselines, repeats):
     return repeats * len(ds) / dt
 
 
+def bench_loader(files, workers, batch, repeats):
+    """samples/s of train.py's DataLoader set-up alone (workers, pinned memory, prefetch),
+    with the TFP/TFI pseudo-targets train.py asks for."""
+    from torch.utils.data import DataLoader
+    ds = UHSRDataset("", "CIFAR", "train", with_baselines=True, files=files * repeats)
+    kw = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
+    if workers:
+        kw.update(prefetch_factor=4, persistent_workers=False)
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, **kw)
+    t0 = time.perf_counter()
+    n = sum(len(b["label"]) for b in loader)
+    return n / (time.perf_counter() - t0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sim_samples", type=int, default=3, help="samples simulated per light regime")
@@ -114,6 +128,12 @@ def main():
             print(f"| {name} | {size_mb:.2f} | {plain:.1f} | {base:.1f} |")
         (u, ub), (f, fb) = speed.values()
         print(f"| ratio uint8 / float32 | | {u / f:.2f}x | {ub / fb:.2f}x |")
+        print()
+        print("| DataLoader alone (uint8 files, with_baselines, batch 4) | samples/s |")
+        print("|---|---|")
+        uint8_files = files["uint8 spk (simulator)"]
+        for workers in sorted({0, max(1, (os.cpu_count() or 2) - 1), os.cpu_count() or 1}):
+            print(f"| {workers} worker processes | {bench_loader(uint8_files, workers, 4, args.repeats):.1f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
