@@ -211,11 +211,16 @@ def load_gt(path):
         raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e
 
 
-def center_window(spk, num_frames, path="<array>"):
-    """The num_frames frames around the middle of a longer stream."""
-    if spk.shape[0] < num_frames:
-        raise SpikeDataError(f"{path}: {spk.shape[0]} frames, the model needs {num_frames}")
-    start = (spk.shape[0] - num_frames) // 2
+def center_window(spk, num_frames, path="<array>", start=None):
+    """num_frames frames of a longer stream: from `start`, or around the middle by default."""
+    t = spk.shape[0]
+    if t < num_frames:
+        raise SpikeDataError(f"{path}: {t} frames, the model needs {num_frames}")
+    if start is None:
+        start = (t - num_frames) // 2
+    if not 0 <= start <= t - num_frames:
+        raise SpikeDataError(f"{path}: --start {start} is outside [0, {t - num_frames}] "
+                             f"({t} frames, window {num_frames})")
     return spk[start:start + num_frames]
 
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clip_guidance import ClipGuide, ClipWeightsError, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset,
-                     center_crop, load_npz, read_dat, voxelize)
+                     center_crop, center_window, load_npz, read_dat, voxelize)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from metrics import NvmlEnergyMeter, count_macs, synaptic_ops
 from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
@@ -263,19 +263,6 @@ def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
     return written
 
 
-def window(spk, start, path):
-    """The UHSR_FRAMES frames the model sees, from `start` (default: centred)."""
-    t = spk.shape[0]
-    if t < UHSR_FRAMES:
-        raise SpikeDataError(f"{path}: {t} frames, the model needs {UHSR_FRAMES}")
-    if start is None:
-        start = (t - UHSR_FRAMES) // 2
-    if not 0 <= start <= t - UHSR_FRAMES:
-        raise SpikeDataError(f"{path}: --start {start} is outside [0, {t - UHSR_FRAMES}] "
-                             f"({t} frames, window {UHSR_FRAMES})")
-    return spk[start:start + UHSR_FRAMES]
-
-
 def input_panel(args, runner, labeller, arch, class_names, crop, bins):
     path = args.input
     if not os.path.isfile(path):
@@ -289,7 +276,7 @@ def input_panel(args, runner, labeller, arch, class_names, crop, bins):
         spk = read_dat(path, args.height, args.width)
     else:
         raise InputError(f"{path}: --input must be a .npz or .dat file")
-    spk = center_crop(window(spk, args.start, path), crop, path)
+    spk = center_crop(center_window(spk, UHSR_FRAMES, path, args.start), crop, path)
     if gt is not None:
         gt = center_crop(gt, crop, path).astype(np.float32) / 255.0
     panel, pred = make_panel(runner, labeller, arch, voxelize(spk, bins), (tfp(spk), tfi(spk)),
