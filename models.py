@@ -202,7 +202,7 @@ class SpikingLRN(nn.Module):
         if not (self.training or bn.running_mean is None):
             # eval: BN is a per-channel affine map. Folding it into the conv weights would save a
             # pass but round differently, and a membrane sitting at the threshold then flips a
-            # spike (0.35% of output pixels moved at 224x224); native BN keeps the reference's
+            # spike (output pixels moved by up to 0.13 at 224x224); native BN keeps the reference's
             # numbers exactly.
             return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         n = y.shape[0] // steps
