@@ -190,6 +190,27 @@ def center_crop(x, size, path="<array>"):
     return x[..., top:top + size, left:left + size]
 
 
+def random_view(spk, gt, size, path="<array>"):
+    """Training augmentation: a random size x size crop, then a random flip and 90-degree
+    rotation, the same for the spikes [T, H, W] and gt [H, W] (or None). Flips and rotations
+    also change the direction of motion in the stream. Draws from torch's RNG, which the
+    DataLoader seeds per worker (numpy's global RNG would repeat across workers)."""
+    h, w = spk.shape[-2:]
+    if h < size or w < size:
+        raise SpikeDataError(f"{path}: frames are {h}x{w}, smaller than the {size}x{size} crop")
+    top = int(torch.randint(h - size + 1, ()))
+    left = int(torch.randint(w - size + 1, ()))
+    flip, turns = bool(torch.randint(2, ())), int(torch.randint(4, ()))
+    views = []
+    for x in (spk, gt):
+        if x is not None:
+            x = x[..., top:top + size, left:left + size]
+            x = np.rot90(x[..., ::-1] if flip else x, turns, axes=(-2, -1))
+            x = np.ascontiguousarray(x)
+        views.append(x)
+    return views
+
+
 def voxelize(spk, bins=UHSR_BINS, dtype=np.float32):
     """Sum consecutive frames: [T, H, W] -> [bins, H, W] counts (T must divide into bins).
 
@@ -207,6 +228,15 @@ def load_gt(path):
     try:
         with _open_npz(path) as f:
             return np.asarray(f["gt"]) if "gt" in f.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e
+
+
+def load_label_name(path):
+    """Only the label_name of a sample file (str) or None; skips the spikes."""
+    try:
+        with _open_npz(path) as f:
+            return str(f["label_name"]) if "label_name" in f.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e
 
@@ -245,7 +275,7 @@ class UHSRDataset(Dataset):
     """
 
     def __init__(self, data_root, data_type, split, bins=UHSR_BINS, num_frames=UHSR_FRAMES,
-                 crop_size=CROP_SIZE, with_baselines=False, files=None):
+                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False):
         if data_type not in CLASS_NAMES:
             raise ValueError(f"data_type must be one of {sorted(CLASS_NAMES)}, got {data_type!r}")
         self.data_type = data_type
@@ -254,7 +284,7 @@ class UHSRDataset(Dataset):
         if num_frames % bins:
             raise ValueError(f"{num_frames} frames do not bin into {bins} equal bins")
         self.bins, self.num_frames, self.crop_size = bins, num_frames, crop_size
-        self.with_baselines = with_baselines
+        self.with_baselines, self.augment = with_baselines, augment
         if files is None:
             if not os.path.isdir(self.root):
                 raise FileNotFoundError(
@@ -270,24 +300,33 @@ class UHSRDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from utils import tfi, tfp  # baselines live with the other image utilities
         path = self.files[i]
         spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
         spk = center_window(spk, self.num_frames, path)
-        spk = center_crop(spk, self.crop_size, path)
-        item = {
-            "voxel": torch.from_numpy(voxelize(spk, self.bins, np.uint8)),
-            "label": torch.tensor(label, dtype=torch.int64),
-            "class_name": self.class_names[label],
-            "has_gt": gt is not None,
-            "index": numeric_sort_key(path)[1],
-        }
-        if gt is None:
-            item["gt"] = torch.zeros(1, self.crop_size, self.crop_size)
+        if self.augment:
+            spk, gt = random_view(spk, gt, self.crop_size, path)
         else:
-            gt = center_crop(gt, self.crop_size, path)
-            item["gt"] = torch.from_numpy(gt.astype(np.float32) / 255.0)[None]
-        if self.with_baselines:
-            item["tfp"] = torch.from_numpy(tfp(spk))[None]
-            item["tfi"] = torch.from_numpy(tfi(spk))[None]
-        return item
+            spk = center_crop(spk, self.crop_size, path)
+            gt = None if gt is None else center_crop(gt, self.crop_size, path)
+        return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines,
+                         numeric_sort_key(path)[1])
+
+
+def make_item(spk, gt, label, class_names, bins, with_baselines, index):
+    """One training/evaluation sample from spikes [T, S, S] and gt uint8 [S, S] (or None);
+    the dict UHSRDataset documents."""
+    from utils import tfi, tfp  # baselines live with the other image utilities
+    s = spk.shape[-1]
+    item = {
+        "voxel": torch.from_numpy(voxelize(spk, bins, np.uint8)),
+        "label": torch.tensor(label, dtype=torch.int64),
+        "class_name": class_names[label],
+        "has_gt": gt is not None,
+        "index": index,
+        "gt": (torch.zeros(1, s, s) if gt is None
+               else torch.from_numpy(gt.astype(np.float32) / 255.0)[None]),
+    }
+    if with_baselines:
+        item["tfp"] = torch.from_numpy(tfp(spk))[None]
+        item["tfi"] = torch.from_numpy(tfi(spk))[None]
+    return item

@@ -22,6 +22,7 @@ import os
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -43,11 +44,18 @@ class CameraConfig:
     hot_pixel_rate: float = 0.3         # their extra increment per frame
     motion_px: tuple = (4.0, 7.0)       # total drift over the stream, uniform in this range
     jitter_px: float = 0.1              # per-frame positional jitter (std, px)
+    frame_hw: tuple = (FRAME_SIZE, FRAME_SIZE)   # sensor size (UHSR 250x250, Vidar 250x400)
+    brightness: tuple = (1.0, 1.0)      # each scene's intensity is scaled by U(lo, hi)
 
 
 LIGHT = {
-    # REDS_BASE-like: a white pixel fires on 60% of the frames
-    "normal": CameraConfig(rate=0.6),
+    # REDS_BASE-like: a white pixel fires on 60% of the frames. In daylight a threshold is many
+    # photons, so shot noise is small (REDS_BASE itself is noise-free: its inter-spike intervals
+    # match this camera's, tests/test_simulator.py). Motion: REDS video moves ~20-30 px over the
+    # 200 frames a network sees (measured on the shared REDS pair), so drift up to 30 px. Scenes:
+    # the REDS ground truths average 0.29-0.35 grey, photos ~0.5, so photos are dimmed by U(0.5, 1).
+    "normal": CameraConfig(rate=0.6, photons_per_threshold=1000.0, motion_px=(0.0, 30.0),
+                           frame_hw=(250, 400), brightness=(0.5, 1.0)),
     # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
     "low": CameraConfig(rate=0.065),
 }
@@ -69,17 +77,28 @@ def make_sensor(cfg, size, seed):
 
 
 def translate(canvas, dy, dx, size):
-    """Bilinear crop of `size` from the centre of `canvas`, shifted by (dy, dx) pixels."""
-    margin = (canvas.shape[0] - size[0]) // 2
-    y0, x0 = margin + dy, margin + dx
+    """Bilinear crop of `size` (h, w) from the centre of `canvas`, shifted by (dy, dx) pixels."""
+    y0 = (canvas.shape[0] - size[0]) // 2 + dy
+    x0 = (canvas.shape[1] - size[1]) // 2 + dx
     iy, ix = int(np.floor(y0)), int(np.floor(x0))
-    fy, fx = y0 - iy, x0 - ix
+    fy, fx = np.float32(y0 - iy), np.float32(x0 - ix)   # keep float32 images float32
     h, w = size
     a = canvas[iy:iy + h, ix:ix + w]
     b = canvas[iy:iy + h, ix + 1:ix + w + 1]
     c = canvas[iy + 1:iy + h + 1, ix:ix + w]
     d = canvas[iy + 1:iy + h + 1, ix + 1:ix + w + 1]
     return (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
+
+
+def shot_noise(photo_signal, photons_per_threshold, rng):
+    """Photon shot noise on the per-frame signal (threshold units). Above ~200 photons per
+    threshold even a 5%-grey pixel collects several photons a frame, where the Gaussian
+    approximation of the Poisson law holds and costs a fifth of the time."""
+    q = photons_per_threshold
+    if q >= 200:
+        noise = rng.standard_normal(photo_signal.shape, dtype=np.float32)
+        return np.maximum(photo_signal + noise * np.sqrt(photo_signal / q), 0.0)
+    return (rng.poisson(photo_signal * q) / q).astype(np.float32)
 
 
 def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAME_SIZE)):
@@ -89,7 +108,7 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
     Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame).
     """
     threshold, dark = sensor
-    margin = (canvas.shape[0] - size[0]) // 2
+    margin = min(canvas.shape[0] - size[0], canvas.shape[1] - size[1]) // 2
     # straight drift through the centre of the stream, plus a little jitter
     angle = rng.uniform(0, 2 * np.pi)
     length = min(rng.uniform(*cfg.motion_px), 2 * (margin - 2))
@@ -100,35 +119,54 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
     dx = np.clip(dx, -(margin - 1), margin - 1)
 
     acc = rng.uniform(0, 1, size).astype(np.float32) * threshold
+    # the light of every frame first (vectorised noise), then the sequential integrate-and-fire
+    signal = np.stack([translate(canvas, dy[f], dx[f], size) for f in range(num_frames)])
+    signal *= np.float32(cfg.rate)
+    if cfg.photons_per_threshold > 0:
+        signal = shot_noise(signal, cfg.photons_per_threshold, rng)
+    signal += dark
+    theta = np.broadcast_to(threshold, signal.shape)
+    if cfg.threshold_jitter > 0:
+        theta = threshold * (1 + np.float32(cfg.threshold_jitter)
+                             * rng.standard_normal(signal.shape, dtype=np.float32))
     spk = np.zeros((num_frames, *size), dtype=np.uint8)
-    q = cfg.photons_per_threshold
     for f in range(num_frames):
-        signal = cfg.rate * translate(canvas, dy[f], dx[f], size)
-        if q > 0:
-            signal = rng.poisson(signal * q) / q
-        acc += signal.astype(np.float32) + dark
-        theta = threshold
-        if cfg.threshold_jitter > 0:
-            theta = threshold * (1 + cfg.threshold_jitter * rng.standard_normal(size)).astype(np.float32)
-        fired = acc >= theta
+        acc += signal[f]
+        fired = acc >= theta[f]
         spk[f] = fired
-        acc -= fired * theta
+        acc -= fired * theta[f]
     gt = translate(canvas, 0.0, 0.0, size)
     gt = np.clip(np.round(gt * 255), 0, 255).astype(np.uint8)
     return spk, gt
 
 
 def image_to_canvas(img, size=FRAME_SIZE, margin=8):
-    """PIL image -> float32 grey canvas [size+2m, size+2m] in [0,1], filling the frame."""
-    side = size + 2 * margin
+    """PIL image -> float32 grey canvas [H+2m, W+2m] in [0,1] filling the frame; size is H = W
+    or (H, W)."""
+    h_out, w_out = (size, size) if isinstance(size, int) else size
+    side_h, side_w = h_out + 2 * margin, w_out + 2 * margin
     img = img.convert("L")
     w, h = img.size
-    scale = side / min(w, h)
-    img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.BICUBIC)
+    scale = max(side_w / w, side_h / h)
+    img = img.resize((max(side_w, round(w * scale)), max(side_h, round(h * scale))), Image.BICUBIC)
     w, h = img.size
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
+    left, top = (w - side_w) // 2, (h - side_h) // 2
+    img = img.crop((left, top, left + side_w, top + side_h))
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def scene_canvas(img, frame_hw, cfg, rng):
+    """The scene of one capture: the image filling the frame plus the motion margin, at a
+    brightness drawn from cfg.brightness (scenes differ from capture to capture)."""
+    canvas = image_to_canvas(img, frame_hw, motion_margin(cfg))
+    if cfg.brightness != (1.0, 1.0):
+        canvas *= np.float32(rng.uniform(*cfg.brightness))
+    return canvas
+
+
+def motion_margin(cfg):
+    """Canvas margin (px) that holds the largest drift of cfg plus its jitter."""
+    return max(8, int(np.ceil(cfg.motion_px[1] / 2 + 4 * cfg.jitter_px)) + 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +293,64 @@ _cifar_cache = {}
 
 
 # ----------------------------------------------------------------------------------------------
+# Training without files: every item a fresh capture
+
+class SimulatedStreams(torch.utils.data.Dataset):
+    """Streams simulated on the fly from a folder of real photographs (ImageFolder layout, class
+    folders named like the dataset's classes): each item is a new capture of a random image
+    window of the sensor — random image, window position, motion, brightness, noise, flip and
+    rotation — so a long training run never sees the same stream twice. Only the crop_size
+    window (plus the motion margin) is simulated, a few hundredths of a second per item.
+
+    Items are the dicts of dataset.UHSRDataset. `exclude`: label_name values (as written by
+    this script into .npz files) whose source images must not be used, e.g. the images that
+    the validation and test files were made from. `length`: items per epoch.
+    """
+
+    def __init__(self, source_dir, data_type, cfg, crop_size, bins, num_frames=200, exclude=(),
+                 length=None, seed=0):
+        names = CLASS_NAMES[data_type]
+        exclude = set(exclude)
+        self.images = [(label, path) for label, refs in sorted(folder_source(source_dir, data_type).items())
+                       for _, path in refs if sample_name(path, names[label]) not in exclude]
+        if not self.images:
+            raise SystemExit(f"{source_dir}: no images left for training after excluding the "
+                             f"{len(exclude)} used by the validation/test files")
+        self.data_type, self.class_names, self.cfg = data_type, names, cfg
+        self.crop_size, self.bins, self.num_frames = crop_size, bins, num_frames
+        self.length = length or len(self.images)
+        self.sensor = make_sensor(cfg, cfg.frame_hw, seed)   # the same camera as the files'
+        self.margin = motion_margin(cfg)
+        h, w = cfg.frame_hw
+        if min(h, w) < crop_size:
+            raise SystemExit(f"--crop_size {crop_size} is larger than the {h}x{w} sensor")
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        from dataset import make_item, random_view
+        # torch's RNG is seeded per DataLoader worker, so workers draw different captures
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))
+        label, path = self.images[int(rng.integers(len(self.images)))]
+        with Image.open(path) as img:
+            canvas = scene_canvas(img, self.cfg.frame_hw, self.cfg, rng)
+        s, m = self.crop_size, self.margin
+        h, w = self.cfg.frame_hw
+        top, left = int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1))
+        window = canvas[top:top + s + 2 * m, left:left + s + 2 * m]
+        sensor = tuple(x[top:top + s, left:left + s] for x in self.sensor)
+        spk, gt = simulate_spikes(window, self.num_frames, self.cfg, sensor, rng, (s, s))
+        spk, gt = random_view(spk, gt, s)
+        return make_item(spk, gt, label, self.class_names, self.bins, True, -1)
+
+
+def sample_name(image_path, class_name):
+    """The label_name this script stores for a sample made from image_path."""
+    return f"{os.path.splitext(os.path.basename(image_path))[0]}_{class_name}.png"
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing the dataset
 
 def save_sample(path, spk, label, label_name, gt):
@@ -267,20 +363,19 @@ def save_sample(path, spk, label, label_name, gt):
 
 def _make_one(task):
     """Worker: simulate and write one sample (skipped when the file already exists)."""
-    path, data_type, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_size = task
+    path, data_type, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_hw = task
     if os.path.exists(path):
         return path
     # the dataset is part of the seed: U-CIFAR and U-CALTECH both number their files from 0
     rng = np.random.default_rng([seed, DATASET_SEEDS[data_type], index])
     img, src_name = load_source_image(kind, ref, label, rng)
-    canvas = image_to_canvas(img, frame_size)
-    key = (seed, frame_size, dataclasses.astuple(cfg))
+    canvas = scene_canvas(img, frame_hw, cfg, rng)
+    key = (seed, frame_hw, dataclasses.astuple(cfg))
     if key not in _sensor_cache:
-        _sensor_cache[key] = make_sensor(cfg, (frame_size, frame_size), seed)
+        _sensor_cache[key] = make_sensor(cfg, frame_hw, seed)
     sensor = _sensor_cache[key]
-    spk, gt = simulate_spikes(canvas, num_frames, cfg, sensor, rng, (frame_size, frame_size))
-    stem = os.path.splitext(src_name)[0]
-    save_sample(path, spk, label, f"{stem}_{class_name}.png", gt)
+    spk, gt = simulate_spikes(canvas, num_frames, cfg, sensor, rng, frame_hw)
+    save_sample(path, spk, label, sample_name(src_name, class_name), gt)
     return path
 
 
@@ -288,7 +383,7 @@ _sensor_cache = {}
 
 
 def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, num_frames,
-                frame_size=FRAME_SIZE):
+                frame_hw=(FRAME_SIZE, FRAME_SIZE)):
     """Per class: the first num_train images go to train, the next num_test to test."""
     names = CLASS_NAMES[data_type]
     train, test = [], []
@@ -307,13 +402,26 @@ def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, nu
         for j, (label, (kind, ref)) in enumerate(items):
             index = offset + j
             tasks.append((os.path.join(folder, f"{index}.npz"), data_type, kind, ref, label, names[label],
-                          seed, index, cfg, num_frames, frame_size))
+                          seed, index, cfg, num_frames, tuple(frame_hw)))
     return tasks
 
 
 def builtin_source(data_type, per_class):
     return {label: [("builtin", f"{label}_{k}") for k in range(per_class)]
             for label in range(len(CLASS_NAMES[data_type]))}
+
+
+def frame_size_arg(text):
+    """'250' -> (250, 250); '250x400' -> (250, 400)."""
+    try:
+        hw = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW with sides >= 16")
+    return hw
 
 
 def main(argv=None):
@@ -334,7 +442,9 @@ def main(argv=None):
     p.add_argument("--rate", type=float, help="override the light regime's white-pixel firing rate")
     p.add_argument("--no_noise", action="store_true",
                    help="ideal camera: no shot/dark/threshold noise, no hot pixels")
-    p.add_argument("--frame_size", type=int, default=FRAME_SIZE, help="frame height = width (UHSR: 250)")
+    p.add_argument("--frame_size", type=frame_size_arg, metavar="N|HxW",
+                   help="frame size: N for N x N or HxW (default: the light regime's sensor, "
+                        "250x250 UHSR for low light, 250x400 Vidar for normal light)")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
     args = p.parse_args(argv)
 
@@ -357,7 +467,7 @@ def main(argv=None):
         else:
             sources = builtin_source(data_type, args.num_train + args.num_test)
         tasks += build_tasks(sources, data_type, args.data_root, args.num_train, args.num_test,
-                             args.seed, cfg, args.num_frames, args.frame_size)
+                             args.seed, cfg, args.num_frames, args.frame_size or cfg.frame_hw)
     print(f"simulating {len(tasks)} samples ({args.light} light, rate {cfg.rate}, "
           f"{args.num_frames} frames) into {args.data_root} with {args.workers} workers")
     if args.workers > 1:

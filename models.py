@@ -4,6 +4,11 @@ and the plain-CNN LRN of the original SpikeCLIP for comparison.
 Spiking LRN, per time step t (membranes carried from step to step):
     conv3x3(50->64)+BN -> LIF -> conv(64->128)+BN -> LIF -> conv(128->64)+BN -> LIF
     -> conv(64->16)+BN -> LIF -> conv(16->1)  analog readout;   image = mean_t readout_t
+Optional linear skip (--linear_skip): a conv3x3(50->1) of the step's input added to each step's
+readout, so the network learns a linear spatio-temporal filter of the spikes (TFP is one such
+filter: the mean of the centre bins / rate) and the spiking layers learn what that filter cannot
+do (edges under motion, noise); the readout then starts at zero, so training starts from the
+linear image. Without it the spiking path must also learn the overall intensity scale.
 LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
     mem_t = beta * mem_{t-1} + I_t - theta * H(mem_{t-1} - theta)      (the reset is detached)
     spk_t = H(mem_t - theta)            backward: a surrogate derivative of H
@@ -21,6 +26,7 @@ Two implementations of this one function share the same parameters:
   linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
 """
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -128,7 +134,7 @@ class SpikingLRN(nn.Module):
     analog image [B, 1, H, W] (not clamped: clamp where CLIP or a metric sees it)."""
 
     def __init__(self, in_bins=50, time_steps=4, encoding="direct", beta=0.9, threshold=1.0,
-                 surrogate_name="atan", backend="fast", channels=LRN_CHANNELS):
+                 surrogate_name="atan", backend="fast", channels=LRN_CHANNELS, linear_skip=False):
         super().__init__()
         if time_steps < 1:
             raise ValueError("time_steps must be >= 1")
@@ -146,6 +152,10 @@ class SpikingLRN(nn.Module):
                                    for i in range(len(channels)))
         self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
         self.readout = nn.Conv2d(channels[-1], 1, 3, padding=1)
+        self.skip = nn.Conv2d(in_bins, 1, 3, padding=1) if linear_skip else None
+        if linear_skip:   # start from the linear image; the spiking path learns the correction
+            nn.init.zeros_(self.readout.weight)
+            nn.init.zeros_(self.readout.bias)
         # snnTorch neurons for the reference backend (they hold no trainable parameters)
         self.lifs = nn.ModuleList(
             snn.Leaky(beta=beta, threshold=threshold, spike_grad=SURROGATES[surrogate_name][0]())
@@ -160,7 +170,7 @@ class SpikingLRN(nn.Module):
         return {"arch": "snn", "in_bins": self.in_bins, "time_steps": self.time_steps,
                 "encoding": self.encoding, "beta": self.beta, "threshold": self.threshold,
                 "surrogate": self.surrogate_name,
-                "channels": [c.out_channels for c in self.convs]}
+                "channels": [c.out_channels for c in self.convs], "linear_skip": self.skip is not None}
 
     def _step_inputs(self, x):
         """[B, C, H, W] -> per-step inputs: [1, B, 50, H, W] (direct) or [T, B, 50, H, W]."""
@@ -178,6 +188,9 @@ class SpikingLRN(nn.Module):
             image, rates = self._forward_snntorch(x)
         else:
             image, rates = self._forward_fast(x)
+        if self.skip is not None:
+            # mean_t skip(x_t) = skip(mean_t x_t): one conv on the mean step input
+            image = image + self.skip(self._step_inputs(x).mean(0))
         return (image, rates) if return_rates else image
 
     # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
@@ -271,7 +284,10 @@ class SpikingLRN(nn.Module):
             cur = self._conv_bn(l, h, 1)
             h, mem = lif_step(cur, mem, spk, self.beta, self.threshold)
             new_state.append((mem, h))
-        return self.readout(h), new_state
+        frame = self.readout(h)
+        if self.skip is not None:
+            frame = frame + self.skip(x_t)
+        return frame, new_state
 
 
 class PlainLRN(nn.Module):
@@ -309,7 +325,7 @@ def build_model(config, backend="fast"):
     if arch == "snn":
         return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
                           config["beta"], config["threshold"], config["surrogate"], backend,
-                          tuple(config["channels"]))
+                          tuple(config["channels"]), config.get("linear_skip", False))
     raise ValueError(f"unknown architecture {arch!r} (expected 'snn' or 'ann')")
 
 
@@ -331,7 +347,6 @@ class CheckpointError(RuntimeError):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read and sanity-check a checkpoint file -> dict (never silently random weights)."""
-    import os
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -367,3 +382,18 @@ def model_from_checkpoint(ckpt, path="<checkpoint>", backend="fast", expect_conf
         raise CheckpointError(f"{path}: weights do not fit the network described in the "
                               f"checkpoint ({config}): {str(e).splitlines()[0]}") from e
     return model
+
+
+def export_checkpoint(src, dst, eval_crop=224):
+    """A training checkpoint -> a small inference checkpoint (weights, config, options, CLIP
+    info, history; no optimizer/scheduler/RNG state), written atomically. `crop_size` becomes
+    the evaluation crop (UHSR: 224); the training crop stays in opt."""
+    from utils import atomic_torch_save
+    ckpt = load_checkpoint(src)
+    keep = ("format", "version", "model_config", "model", "opt", "clip", "data_type", "stage",
+            "epoch", "val_score", "history")
+    slim = {k: ckpt[k] for k in keep if k in ckpt}
+    slim["crop_size"] = eval_crop
+    slim["exported_from"] = os.path.basename(src)
+    atomic_torch_save(slim, dst)
+    return slim

@@ -29,13 +29,16 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
-from dataset import CLASS_NAMES, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop, load_gt
+from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop, load_gt,
+                     load_label_name)
+from generate_synthetic_data import LIGHT, SimulatedStreams
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, load_checkpoint,
                     model_from_checkpoint, to_image)
 from utils import atomic_torch_save, atomic_write_json, pick_device, seed_everything
 
 STAGES = ("coarse", "prompt", "fine")
-ARCH_OPTIONS = ("arch", "time_steps", "encoding", "beta", "threshold", "surrogate", "data_type", "crop_size")
+ARCH_OPTIONS = ("arch", "time_steps", "encoding", "beta", "threshold", "surrogate", "linear_skip",
+                "data_type", "crop_size")
 HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
 LOG_EVERY = 10       # steps between progress-bar / TensorBoard updates (each one syncs the GPU)
 
@@ -47,6 +50,17 @@ def get_args(argv=None):
     g.add_argument("--data_type", choices=sorted(CLASS_NAMES), default="CIFAR")
     g.add_argument("--crop_size", type=int, default=224, help="centre crop of the frames (UHSR: 224)")
     g.add_argument("--val_fraction", type=float, default=0.1, help="share of train files held out for validation")
+    g.add_argument("--simulate_from", metavar="IMAGE_DIR",
+                   help="train on streams simulated on the fly from the photographs in IMAGE_DIR (class "
+                        "folders), a new capture per item; --data_root's train files then serve only for "
+                        "validation, and their and the test files' source images are never trained on")
+    g.add_argument("--light", choices=sorted(LIGHT), default="normal",
+                   help="camera of --simulate_from: normal (Vidar 250x400, rate 0.6) or low (UHSR 250x250)")
+    g.add_argument("--epoch_size", type=int,
+                   help="items per epoch with --simulate_from (default: the number of source images)")
+    g.add_argument("--augment", action="store_true",
+                   help="train on a random crop of each stream with a random flip and 90-degree rotation "
+                        "(validation keeps the centre crop)")
     g.add_argument("--hq_dir", help="folder of high-quality images (any layout) for the quality prompts; "
                                     "default: the clean gt images of the training set, shuffled (unpaired)")
     g.add_argument("--num_workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
@@ -61,12 +75,19 @@ def get_args(argv=None):
     g.add_argument("--beta", type=float, default=0.9, help="LIF membrane decay")
     g.add_argument("--threshold", type=float, default=1.0, help="LIF firing threshold")
     g.add_argument("--surrogate", choices=["atan", "fast_sigmoid"], default="atan")
+    g.add_argument("--linear_skip", action="store_true",
+                   help="SNN: add a linear conv of the input to the spiking readout (the spiking layers "
+                        "learn the residual; models.py)")
     g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
                    help="fast: fused multi-step path; snntorch: the reference step loop (same function)")
     g = p.add_argument_group("CLIP")
     g.add_argument("--clip_model", default="ViT-B-32", help="open_clip model name, or 'tiny' for tests")
     g.add_argument("--clip_pretrained", default="auto",
                    help="openai | /path/to/weights | none (random, not semantic) | auto (openai if obtainable)")
+    g.add_argument("--random_clip_terms", action="store_true",
+                   help="keep the CLIP class and quality losses when CLIP has random weights. By default "
+                        "they are switched off then (they are noise that pulls the image away from the data) "
+                        "and the prompt stage is skipped; use this only to exercise the pipeline")
     g = p.add_argument_group("schedule and losses")
     g.add_argument("--epochs", type=int, default=10, help="total epochs, split 40/20/40%% over the "
                                                           "stages unless --epochs_* are given")
@@ -157,6 +178,20 @@ def split_files(files, val_fraction, seed):
     return train, val
 
 
+def simulated_train_set(args, val_files, bins):
+    """--simulate_from: fresh captures of the photographs that no validation or test file shows."""
+    used = {load_label_name(f) for f in val_files.files}
+    test_dir = os.path.join(args.data_root, DATASET_DIRS[args.data_type], "test")
+    if os.path.isdir(test_dir):
+        used |= {load_label_name(os.path.join(test_dir, f)) for f in os.listdir(test_dir) if f.endswith(".npz")}
+    train_set = SimulatedStreams(args.simulate_from, args.data_type, LIGHT[args.light], args.crop_size, bins,
+                                 UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed)
+    print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
+          f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
+          f"validation: the {len(val_files)} files of {val_files.root}")
+    return train_set
+
+
 def load_image_folder(folder, size, limit=HQ_BANK_SIZE, seed=0):
     """Any folder of images (searched recursively) -> grey bank [N, 1, size, size] in [0,1]."""
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -212,9 +247,11 @@ class StageLoss:
     def coarse(self, out, batch):
         a = self.args
         img = to_image(out)
-        terms = {"recon": F.l1_loss(out, self.target(batch)),
-                 "clip": F.cross_entropy(self.guide.class_logits(img), batch["label"])}
-        total = a.recon_weight * terms["recon"] + a.clip_weight * terms["clip"]
+        terms = {"recon": F.l1_loss(out, self.target(batch))}
+        total = a.recon_weight * terms["recon"]
+        if a.clip_weight:   # a CLIP forward pass costs more than the LRN's: skip it when unused
+            terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
+            total = total + a.clip_weight * terms["clip"]
         return total, terms
 
     def prompt(self, prompt_features, hq, lq):
@@ -229,17 +266,36 @@ class StageLoss:
     def fine(self, out, batch, prompt_features):
         a = self.args
         img = to_image(out)
-        q_logits = self.guide.quality_logits(img, prompt_features)
-        terms = {"clip": F.cross_entropy(self.guide.class_logits(img), batch["label"]),
-                 "quality": F.cross_entropy(q_logits, torch.zeros(len(img), dtype=torch.long, device=img.device)),
-                 "recon": F.l1_loss(out, self.target(batch)),
-                 "tv": total_variation(img)}
-        total = (a.clip_weight * terms["clip"] + a.prompt_weight * terms["quality"]
-                 + a.recon_weight * terms["recon"] + a.tv_weight * terms["tv"])
+        terms = {"recon": F.l1_loss(out, self.target(batch)), "tv": total_variation(img)}
+        total = a.recon_weight * terms["recon"] + a.tv_weight * terms["tv"]
+        if a.clip_weight:
+            terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
+            total = total + a.clip_weight * terms["clip"]
+        if a.prompt_weight:
+            q_logits = self.guide.quality_logits(img, prompt_features)
+            terms["quality"] = F.cross_entropy(q_logits, torch.zeros(len(img), dtype=torch.long, device=img.device))
+            total = total + a.prompt_weight * terms["quality"]
         return total, terms
 
 
 # ----------------------------------------------------------------------------------------------
+
+def disable_random_clip_terms(args, clip_info, is_main):
+    """With randomly initialised CLIP the class and quality losses carry no meaning: they are
+    noise as large as the reconstruction loss and drive the image away from the data (measured
+    in BENCHMARKS.md). Unless --random_clip_terms, switch them off and skip the prompt stage,
+    so an offline run trains the reconstruction alone and says so."""
+    if not clip_info["clip_random_init"] or args.random_clip_terms:
+        return
+    args.clip_weight = args.prompt_weight = 0.0
+    args.stage_epochs = [args.stage_epochs[0], 0, args.stage_epochs[2]]
+    note = ("CLIP has random weights: the CLIP class and quality losses are OFF (--clip_weight 0 "
+            "--prompt_weight 0) and the prompt stage is skipped; stage 3 refines with the "
+            "reconstruction and TV terms only. Pass --random_clip_terms to keep them anyway.")
+    clip_info["warnings"].append(note)
+    if is_main:
+        print(f"!! {note}", flush=True)
+
 
 def to_device(batch, device):
     out = {}
@@ -332,8 +388,14 @@ def main(argv=None):
     bins = UHSR_BINS * (args.time_steps if args.arch == "snn" and args.encoding == "temporal" else 1)
     full = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
                        crop_size=args.crop_size, with_baselines=True)
-    train_idx, val_idx = split_files(full.files, args.val_fraction, args.seed)
-    train_set, val_set = Subset(full, train_idx), Subset(full, val_idx)
+    if args.simulate_from:
+        train_set, train_idx, val_idx = simulated_train_set(args, full, bins), [], list(range(len(full)))
+    else:
+        train_idx, val_idx = split_files(full.files, args.val_fraction, args.seed)
+        train_set = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
+                                crop_size=args.crop_size, with_baselines=True, augment=args.augment,
+                                files=[full.files[i] for i in train_idx])
+    val_set = Subset(full, val_idx)
     # shuffling depends only on (seed, stage, epoch), so a resumed run sees the same batches
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
     loader_kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
@@ -342,7 +404,7 @@ def main(argv=None):
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw) if val_idx else None
-    if args.recon_target == "gt":
+    if args.recon_target == "gt" and not args.simulate_from:
         probe = full[train_idx[0]]
         if not probe["has_gt"]:
             raise SystemExit(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
@@ -350,15 +412,19 @@ def main(argv=None):
     # -- networks -------------------------------------------------------------------------------
     if args.arch == "snn":
         model = SpikingLRN(UHSR_BINS, args.time_steps, args.encoding, args.beta, args.threshold,
-                           args.surrogate, args.backend)
+                           args.surrogate, args.backend, linear_skip=args.linear_skip)
     else:
         if args.encoding == "temporal":
             raise SystemExit("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
+        if args.linear_skip:
+            raise SystemExit("--linear_skip is an SNN option; --arch ann is the original plain CNN")
         model = PlainLRN(UHSR_BINS)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
+    if resume_ckpt is None:
+        disable_random_clip_terms(args, clip_info, is_main)
     guide = ClipGuide(clip_model, CLASS_NAMES[args.data_type], device)
     prompts = QualityPrompts(clip_model, n_ctx=16, seed=args.seed).to(device)
     losses = StageLoss(args, guide)
@@ -366,7 +432,7 @@ def main(argv=None):
         bank = load_image_folder(args.hq_dir, args.crop_size, seed=args.seed)
         bank_source = f"--hq_dir {args.hq_dir} ({len(bank)} images)"
     else:
-        bank = gt_bank([full.files[i] for i in train_idx], args.crop_size, args.seed)
+        bank = gt_bank([full.files[i] for i in (train_idx or val_idx)], args.crop_size, args.seed)
         bank_source = f"clean gt images of the training set, shuffled, unpaired ({len(bank)} images)"
     if is_main:
         print(f"high-quality bank: {bank_source}")

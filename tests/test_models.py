@@ -168,3 +168,32 @@ def test_torch_compile_of_the_fast_path_equals_the_reference():
     (yr * g).sum().backward()
     (yc * g).sum().backward()
     torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["direct", "temporal"])
+def test_linear_skip_same_in_both_backends_and_step_by_step(encoding):
+    ref, fast = make_pair(time_steps=3, encoding=encoding, linear_skip=True)
+    for m in (ref, fast):     # a non-zero readout, so both paths contribute
+        torch.nn.init.normal_(m.readout.weight, std=0.1)
+    fast.readout.load_state_dict(ref.readout.state_dict())
+    calibrated(ref)
+    fast.load_state_dict(ref.state_dict())
+    fast.eval()
+    x = voxel(fast)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    b, _, h, w = x.shape
+    state, frames = fast.init_state(b, h, w), []
+    for t in range(fast.time_steps):
+        x_t = x if encoding == "direct" else x[:, t * fast.in_bins:(t + 1) * fast.in_bins]
+        frame, state = fast.step(x_t, state)
+        frames.append(frame)
+    torch.testing.assert_close(torch.stack(frames).mean(0), fast(x), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_skip_starts_as_the_linear_image_and_round_trips():
+    model = SpikingLRN(time_steps=2, linear_skip=True).eval()
+    x = voxel(model)
+    torch.testing.assert_close(model(x), model.skip(x))           # readout starts at zero
+    assert build_model(model.config()).config() == model.config()
+    old = {k: v for k, v in SpikingLRN(time_steps=2).config().items() if k != "linear_skip"}
+    assert build_model(old).skip is None                            # checkpoints from before the option

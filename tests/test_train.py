@@ -15,7 +15,7 @@ from models import CheckpointError, SpikingLRN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none", "--num_workers", "0",
-        "--batch_size", "4", "--time_steps", "2"]
+        "--batch_size", "4", "--time_steps", "2", "--random_clip_terms"]   # exercise every loss term
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,63 @@ def test_early_stop_ends_a_stage_after_patience_epochs_without_improvement(tmp_p
     ckpt = load(tmp_path / "exp" / "early" / "ckpts" / "checkpoint_last.pth")
     stages = [h["stage"] for h in ckpt["history"]]
     assert stages == ["coarse"] * 3 + ["prompt", "fine"], stages        # 1 best + 2 without improvement
+
+
+def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "offline",
+            *[a for a in TINY if a != "--random_clip_terms"],
+            "--epochs_coarse", "1", "--epochs_prompt", "2", "--epochs_fine", "1"]
+    assert train.main(argv) == 0
+    assert "losses are OFF" in capsys.readouterr().out
+    ckpt = load(tmp_path / "exp" / "offline" / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse", "fine"]      # no prompt stage
+    assert ckpt["opt"]["clip_weight"] == 0 and ckpt["opt"]["prompt_weight"] == 0
+    fine = [h for h in ckpt["history"] if h["stage"] == "fine"][0]
+    assert "train_recon" in fine and "train_clip" not in fine and "train_quality" not in fine   # not computed
+    assert any("losses are OFF" in w for w in ckpt["clip"]["warnings"])
+
+
+def test_augmented_training_views_match_spikes_and_gt(data_root):
+    """With the crop as large as the frame, a view is a flip/rotation of the whole sample, and
+    the spikes and the gt must have been given the same one."""
+    from dataset import UHSRDataset
+    plain = UHSRDataset(data_root, "CIFAR", "train", crop_size=40)[0]
+    ds = UHSRDataset(data_root, "CIFAR", "train", crop_size=40, augment=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        view = ds[0]
+        matches = [(flip, k) for flip in (False, True) for k in range(4)
+                   if torch.equal(view["gt"], torch.rot90(plain["gt"].flip(-1) if flip else plain["gt"], k, (-2, -1)))]
+        assert matches, "the gt view is not a flip/rotation of the gt"
+        assert any(torch.equal(view["voxel"], torch.rot90(plain["voxel"].flip(-1) if f else plain["voxel"], k, (-2, -1)))
+                   for f, k in matches), "spikes and gt were transformed differently"
+        seen.add(matches[0])
+    assert len(seen) > 2                                                   # the view changes
+
+
+def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypatch, capsys):
+    """--simulate_from: fresh captures of photographs; the files' own scenes are excluded."""
+    import numpy as np
+    from PIL import Image
+    src = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for name in UCIFAR_CLASSES[:2]:
+        (src / name).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(src / name / f"{k}.jpg")
+    ds = generate_synthetic_data.SimulatedStreams(str(src), "CIFAR", generate_synthetic_data.LIGHT["low"], 24, 50,
+                                                  exclude={"0_frog.png"}, length=5)
+    assert len(ds) == 5 and len(ds.images) == 5                       # 6 photos, one excluded
+    item = ds[0]
+    assert item["voxel"].shape == (50, 24, 24) and item["voxel"].dtype == torch.uint8
+    assert item["tfp"].shape == item["gt"].shape == (1, 24, 24) and item["has_gt"]
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path, data_root, "onthefly", "--simulate_from", str(src), "--light", "low",
+               "--epoch_size", "8", "--recon_target", "gt", "--epochs_coarse", "2", "--epochs_prompt", "0",
+               "--epochs_fine", "0") == 0
+    out = capsys.readouterr().out
+    assert "simulated on the fly (low light) from 6 images" in out         # no file shows these photos
+    ckpt = load(tmp_path / "exp" / "onthefly" / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse", "coarse"]
