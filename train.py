@@ -333,6 +333,34 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+FIT_BATCHES = 8
+
+
+@torch.no_grad()
+def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048):
+    """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the mean
+    step input, plus bias) against the reconstruction target on FIT_BATCHES training batches.
+    Training then starts from the best linear image (TFP is one linear image; the fitted one
+    also picks the window and a sharpening kernel) instead of spending epochs finding its scale.
+    Returns the fit's RMSE. Runs before DDP wraps the model, which then broadcasts rank 0's fit."""
+    gram, rhs, sq, n = 0.0, 0.0, 0.0, 0
+    for _, batch in zip(range(FIT_BATCHES), loader):
+        batch = to_device(batch, device)
+        x = model._step_inputs(batch["voxel"]).mean(0).float()              # [B, 50, H, W]
+        patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
+        pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
+        a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 450]
+        a = torch.cat([a, torch.ones_like(a[:, :1])], 1).double()            # + bias column
+        y = batch[target_key].flatten(1)[:, pick].reshape(-1, 1).double()
+        gram, rhs, sq, n = gram + a.T @ a, rhs + a.T @ y, sq + (y * y).sum(), n + len(y)
+    ridge = 1e-6 * torch.diagonal(gram).mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    solution = torch.linalg.solve(gram + ridge, rhs)[:, 0]
+    model.skip.weight.copy_(solution[:-1].view_as(model.skip.weight))
+    model.skip.bias.fill_(solution[-1].item())
+    residual = (sq - 2 * solution @ rhs[:, 0] + solution @ gram @ solution) / n   # |y - a s|^2 / n
+    return float(residual.clamp(min=0).sqrt())
+
+
 def make_optimizer(stage, model, prompts, args):
     params = prompts.parameters() if stage == "prompt" else model.parameters()
     optimizer = torch.optim.Adam(params, lr=args.lr)
@@ -449,6 +477,11 @@ def main(argv=None):
         set_rng_state(resume_ckpt["rng"])
         if is_main:
             print(f"resuming {run_dir}: stage {STAGES[stage_idx]}, epoch {start_epoch}")
+    elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
+        rmse = fit_linear_skip(model, train_loader, args.recon_target, device)
+        if is_main:
+            print(f"linear skip: least-squares start against '{args.recon_target}' (RMSE {rmse:.4f} on "
+                  f"{FIT_BATCHES} training batches); the spiking layers learn the residual")
 
     writer = None
     if is_main:

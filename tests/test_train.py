@@ -248,3 +248,26 @@ def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypat
     assert "simulated on the fly (low light) from 6 images" in out         # no file shows these photos
     ckpt = load(tmp_path / "exp" / "onthefly" / "ckpts" / "checkpoint_last.pth")
     assert [h["stage"] for h in ckpt["history"]] == ["coarse", "coarse"]
+
+
+def test_linear_skip_starts_from_the_least_squares_image(data_root):
+    """The fitted linear path reconstructs the target better than the untrained one, and its
+    weights are the least-squares solution (checked against torch.linalg.lstsq)."""
+    from torch.utils.data import DataLoader, Subset
+    from dataset import UHSRDataset
+    ds = UHSRDataset(data_root, "CIFAR", "train", crop_size=32, with_baselines=True)
+    loader = DataLoader(Subset(ds, [0, 1]), batch_size=2)               # one batch
+    torch.manual_seed(0)
+    model = SpikingLRN(time_steps=2, linear_skip=True).eval()
+    batch = next(iter(loader))
+    x, gt = batch["voxel"].float(), batch["gt"]
+    before = (model(x) - gt).abs().mean()
+    rmse = train.fit_linear_skip(model, loader, "gt", torch.device("cpu"), pixels_per_image=32 * 32)
+    after = (model(x) - gt).abs().mean()
+    assert after < 0.5 * before and rmse < 0.2
+    a = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 450)
+    a = torch.cat([a, torch.ones_like(a[:, :1])], 1).double()
+    fit = (a @ torch.cat([model.skip.weight.flatten(), model.skip.bias]).double() - gt.flatten().double()).square().mean()
+    ref = torch.linalg.lstsq(a, gt.flatten().double()[:, None]).solution[:, 0]
+    best = (a @ ref - gt.flatten().double()).square().mean()
+    assert fit <= best * 1.3         # fitted on a random ~63% of these pixels, so near the optimum
