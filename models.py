@@ -8,7 +8,8 @@ Optional linear skip (--linear_skip): a conv3x3(50->1) of the step's input added
 readout, so the network learns a linear spatio-temporal filter of the spikes (TFP is one such
 filter: the mean of the centre bins / rate) and the spiking layers learn what that filter cannot
 do (edges under motion, noise); the readout then starts at zero, so training starts from the
-linear image. Without it the spiking path must also learn the overall intensity scale.
+linear image (train.py fits the skip by least squares and keeps it fixed). Without it the
+spiking path must also learn the overall intensity scale.
 LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
     mem_t = beta * mem_{t-1} + I_t - theta * H(mem_{t-1} - theta)      (the reset is detached)
     spk_t = H(mem_t - theta)            backward: a surrogate derivative of H

@@ -447,6 +447,11 @@ def main(argv=None):
         if args.linear_skip:
             raise SystemExit("--linear_skip is an SNN option; --arch ann is the original plain CNN")
         model = PlainLRN(UHSR_BINS)
+    if args.linear_skip:
+        # fitted in closed form before training (fit_linear_skip), then fixed: Adam's steps of
+        # ~lr per weight are a large fraction of the small fitted weights (0.01-0.06 at a 0.6
+        # rate), and a trainable skip drifted off its optimum (REDS 25.9 -> 24.3 dB in 2 epochs)
+        model.skip.requires_grad_(False)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
