@@ -7,14 +7,21 @@ Conventions (SPEC §2):
 - the UHSR loader crops the centre 224x224 of the 250x250 frames ([:, 13:237, 13:237]) and bins
   200 frames into 50 bins of 4 frames each (counts 0..4, not normalised).
 """
+import functools
+import json
+import multiprocessing
 import os
 import re
+import struct
+import time
 import zipfile
 import zlib
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from utils import atomic_write, tfi_from_interval, tfi_interval, tfp_from_counts
 
 # Index -> class name, in the label order of the UHSR files (not torchvision's order).
 UCIFAR_CLASSES = ["frog", "horse", "dog", "truck", "airplane", "automobile", "bird", "ship",
@@ -190,19 +197,20 @@ def center_crop(x, size, path="<array>"):
     return x[..., top:top + size, left:left + size]
 
 
-def random_view(spk, gt, size, path="<array>"):
+def random_view(arrays, size, path="<array>"):
     """Training augmentation: a random size x size crop, then a random flip and 90-degree
-    rotation, the same for the spikes [T, H, W] and gt [H, W] (or None). Flips and rotations
-    also change the direction of motion in the stream. Draws from torch's RNG, which the
-    DataLoader seeds per worker (numpy's global RNG would repeat across workers)."""
-    h, w = spk.shape[-2:]
+    rotation, the same for every array [..., H, W] of `arrays` (spikes [T, H, W], gt [H, W],
+    ...; None stays None). Flips and rotations also change the direction of motion in the
+    stream. Draws from torch's RNG, which the DataLoader seeds per worker (numpy's global RNG
+    would repeat across workers)."""
+    h, w = arrays[0].shape[-2:]
     if h < size or w < size:
         raise SpikeDataError(f"{path}: frames are {h}x{w}, smaller than the {size}x{size} crop")
     top = int(torch.randint(h - size + 1, ()))
     left = int(torch.randint(w - size + 1, ()))
     flip, turns = bool(torch.randint(2, ())), int(torch.randint(4, ()))
     views = []
-    for x in (spk, gt):
+    for x in arrays:
         if x is not None:
             x = x[..., top:top + size, left:left + size]
             x = np.rot90(x[..., ::-1] if flip else x, turns, axes=(-2, -1))
@@ -221,6 +229,39 @@ def voxelize(spk, bins=UHSR_BINS, dtype=np.float32):
     if t // bins > 255 and dtype == np.uint8:
         raise SpikeDataError(f"{t // bins} frames per bin overflow uint8 counts")
     return spk.reshape(bins, t // bins, *spk.shape[1:]).sum(1, dtype=dtype)
+
+
+def pack_frames(spk):
+    """uint8 [T, H, W] in {0,1} -> uint8 [ceil(T/8), H, W] packed along time: byte j of a pixel
+    holds its frames 8j..8j+7, frame 8j+b at bit b (= np.packbits(spk, axis=0, bitorder="little"),
+    without that call's slow strided walk)."""
+    packed = np.zeros((-(-spk.shape[0] // 8), *spk.shape[1:]), np.uint8)
+    for bit in range(8):
+        frames = spk[bit::8]
+        packed[:len(frames)] |= frames << bit
+    return packed
+
+
+_PAIR_MASKS = {1: 0x55, 2: 0x33, 4: 0x0F}   # bit groups of width 1, 2, 4 within a byte
+
+
+def voxelize_packed(packed, bins, num_frames):
+    """voxelize() of pack_frames() output, without unpacking when a bin fills whole bit groups of
+    a byte (1, 2, 4 or 8 frames): neighbouring groups are added in place (SWAR popcount: 1+1 bits
+    -> 2-bit counts, 2+2 -> 4-bit, 4+4 -> 8-bit), then each group is one bin."""
+    k = num_frames // bins                   # frames per bin
+    if 8 % k:                                # bins straddle bytes: unpack to frames, then bin
+        return voxelize(voxelize_packed(packed, num_frames, num_frames), bins, np.uint8)
+    counts, width = packed, 1
+    while width < k:
+        mask = _PAIR_MASKS[width]
+        counts = (counts & mask) + ((counts >> width) & mask)
+        width *= 2
+    per_byte = 8 // k
+    voxel = np.empty((len(packed), per_byte, *packed.shape[1:]), np.uint8)
+    for g in range(per_byte):
+        np.bitwise_and(counts >> (g * k), (1 << k) - 1, out=voxel[:, g])
+    return voxel.reshape(-1, *packed.shape[1:])[:bins]
 
 
 def load_gt(path):
@@ -260,6 +301,182 @@ def numeric_sort_key(filename):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
+# ----------------------------------------------------------------------------------------------
+# Decoded training cache: a split's .npz files decompressed once into one memory-mapped file.
+# Decompressing a UHSR .npz (zlib, 12.5 MB of spikes) costs ~30 ms of a core; reading the same
+# sample from the cache costs a few bitwise operations. The cache keeps whole frames (every
+# pixel of the centre num_frames frames), so any crop, any number of bins and the TFP/TFI
+# targets can be taken from it. Layout, one file:
+#   record 0 | record 1 | ... | record N-1 | footer (JSON) | trailer (magic, footer length, crc32)
+#   record:  TFI intervals uint16 [H, W] | gt uint8 [H, W] (zeros if none) |
+#            frames packed along time, pack_frames(): uint8 [ceil(num_frames / 8), H, W]
+# The footer names every source file with its size and mtime (a Dataset whose files are not all
+# in it unchanged finds it stale) and holds each record's label and crc32 (checked by each
+# process on its first read of the record). Packing along time lets voxelize_packed() bin without unpacking.
+
+CACHE_MAGIC = b"SPKCACHE"
+CACHE_VERSION = 1
+_CACHE_TRAILER = struct.Struct("<8sQI")     # magic, footer length, crc32 of the footer
+
+
+class CacheError(SpikeDataError):
+    """A decoded cache is missing, stale (its .npz files changed) or damaged."""
+
+
+def default_cache_path(data_root, data_type, split):
+    """Where train.py --cache keeps a split's cache: beside the split's folder."""
+    return os.path.join(data_root, DATASET_DIRS[data_type], f"{split}.cache")
+
+
+def _source_stamps(files, cache_path):
+    """[path relative to the cache's folder, size, mtime_ns] of each source file."""
+    base = os.path.dirname(os.path.abspath(cache_path))
+    stamps = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise SpikeDataError(f"{path}: cannot read ({e.strerror})") from e
+        stamps.append([os.path.relpath(os.path.abspath(path), base), st.st_size, st.st_mtime_ns])
+    return stamps
+
+
+def _encode_sample(path, num_frames, num_classes):
+    """One .npz -> (cache record bytes, label, has gt, frame shape); runs in a worker process."""
+    spk, label, _, gt = load_npz(path, num_classes=num_classes, with_gt=True)
+    spk = center_window(spk, num_frames, path)
+    gt_plane = np.zeros(spk.shape[1:], np.uint8) if gt is None else gt
+    record = b"".join([tfi_interval(spk).astype("<u2").tobytes(), gt_plane.tobytes(),
+                       pack_frames(spk).tobytes()])
+    return record, label, gt is not None, spk.shape[1:]
+
+
+def build_cache(cache_path, files, num_frames, num_classes, processes=None):
+    """Decode `files` into the cache file `cache_path` (written atomically), `processes` at once
+    (default: all cores)."""
+    if not 3 <= num_frames < 2 ** 16:
+        raise CacheError(f"{cache_path}: a cache holds 3 to 65535 frames per sample, not {num_frames}")
+    stamps = _source_stamps(files, cache_path)   # taken first: a file changed meanwhile -> stale
+    processes = min(processes or os.cpu_count() or 1, len(files))
+    encode = functools.partial(_encode_sample, num_frames=num_frames, num_classes=num_classes)
+
+    def write(f):
+        labels, has_gt, crcs, shape = [], [], [], None
+        pool = multiprocessing.Pool(processes) if processes > 1 else None
+        try:
+            records = pool.imap(encode, files) if pool else map(encode, files)
+            for path, (record, label, gt_present, frame_shape) in zip(files, records):
+                shape = shape or frame_shape
+                if frame_shape != shape:
+                    raise CacheError(f"{path}: frames are {frame_shape[0]}x{frame_shape[1]}, the files "
+                                     f"before it {shape[0]}x{shape[1]}; a cache needs one frame size")
+                f.write(record)
+                labels.append(label)
+                has_gt.append(gt_present)
+                crcs.append(zlib.crc32(record))
+        finally:
+            if pool:
+                pool.terminate()
+        footer = json.dumps({
+            "version": CACHE_VERSION, "num_frames": num_frames, "num_classes": num_classes,
+            "height": shape[0], "width": shape[1], "record_bytes": len(record),
+            "sources": stamps, "labels": labels, "has_gt": has_gt, "crc32": crcs}).encode()
+        f.write(footer)
+        f.write(_CACHE_TRAILER.pack(CACHE_MAGIC, len(footer), zlib.crc32(footer)))
+
+    try:
+        atomic_write(cache_path, write)
+    except OSError as e:
+        raise CacheError(f"{cache_path}: cannot write the cache ({e.strerror or e})") from e
+
+
+def _read_cache_footer(path):
+    """The footer of a cache file, after checking its trailer, checksum and the file's size."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            if size < _CACHE_TRAILER.size:
+                raise CacheError(f"{path}: damaged cache ({size} bytes)")
+            f.seek(size - _CACHE_TRAILER.size)
+            magic, footer_len, footer_crc = _CACHE_TRAILER.unpack(f.read(_CACHE_TRAILER.size))
+            if magic != CACHE_MAGIC or footer_len > size - _CACHE_TRAILER.size:
+                raise CacheError(f"{path}: not a spike cache, or a damaged one (no valid end marker)")
+            f.seek(size - _CACHE_TRAILER.size - footer_len)
+            footer = f.read(footer_len)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: no cache yet") from None
+    except OSError as e:
+        raise CacheError(f"{path}: unreadable cache ({e.strerror or e})") from e
+    if zlib.crc32(footer) != footer_crc:
+        raise CacheError(f"{path}: damaged cache (its index fails its checksum)")
+    meta = json.loads(footer)
+    if meta.get("version") != CACHE_VERSION:
+        raise CacheError(f"{path}: cache format {meta.get('version')}, this code reads {CACHE_VERSION}")
+    if meta["record_bytes"] * len(meta["sources"]) != size - _CACHE_TRAILER.size - footer_len:
+        raise CacheError(f"{path}: damaged cache (size does not match its {len(meta['sources'])} records)")
+    return meta
+
+
+def _stale_reason(cached, current):
+    """Why a cache cannot serve some files, or None. cached: relative path -> (record, stamp);
+    current: the files' stamps now."""
+    missing = [stamp[0] for stamp in current if stamp[0] not in cached]
+    if missing:
+        return f"stale: {len(missing)} of {len(current)} files are not in it (first: {missing[0]})"
+    changed = [stamp[0] for stamp in current if cached[stamp[0]][1] != stamp]
+    if changed:
+        return f"stale: {len(changed)} of {len(current)} files changed since it was built (first: {changed[0]})"
+    return None
+
+
+class SpikeCache:
+    """Read side of a cache file for `files`, which it must hold unchanged (it may hold more: a
+    Dataset of part of a split reads the split's cache). Opening raises CacheError when the cache
+    is damaged, stale or built for other settings; read() checks a record's crc32 the first time
+    this process reads it."""
+
+    def __init__(self, path, files, num_frames, num_classes):
+        meta = _read_cache_footer(path)
+        for key, want in (("num_frames", num_frames), ("num_classes", num_classes)):
+            if meta[key] != want:
+                raise CacheError(f"{path}: built for {key} {meta[key]}, the dataset needs {want}")
+        cached = {stamp[0]: (record, stamp) for record, stamp in enumerate(meta["sources"])}
+        current = _source_stamps(files, path)
+        reason = _stale_reason(cached, current)
+        if reason:
+            raise CacheError(f"{path}: {reason}")
+        self.record_of = [cached[stamp[0]][0] for stamp in current]   # files[i] -> its record
+        self.path, self.files, self.num_frames = path, list(files), num_frames
+        self.height, self.width, self.record_bytes = meta["height"], meta["width"], meta["record_bytes"]
+        self.labels, self.has_gt, self.crc32 = meta["labels"], meta["has_gt"], meta["crc32"]
+        self._records = None    # uint8 [N, record_bytes], memory-mapped on first read in each process
+        self._verified = None   # bool [N]: records whose crc32 this process has checked
+
+    def __getstate__(self):
+        # DataLoader workers map the file themselves (a pickled np.memmap is a full copy)
+        return {**self.__dict__, "_records": None, "_verified": None}
+
+    def read(self, i):
+        """Sample i, whole frames -> (packed frames uint8 [ceil(num_frames / 8), H, W] as
+        pack_frames() makes them, TFI intervals uint16 [H, W], label, gt uint8 [H, W] or None)."""
+        if self._records is None:
+            records = np.memmap(self.path, np.uint8, "r", shape=(len(self.labels), self.record_bytes))
+            self._records = records.view(np.ndarray)   # plain arrays from here on: no memmap overhead
+            self._verified = np.zeros(len(self.labels), bool)
+        r = self.record_of[i]
+        record = self._records[r]
+        if not self._verified[r]:
+            if zlib.crc32(record) != self.crc32[r]:
+                raise CacheError(f"{self.path}: record {r} ({self.files[i]}) fails its checksum: the "
+                                 f"cache is damaged; delete it and it is rebuilt on next use")
+            self._verified[r] = True
+        h, w = self.height, self.width
+        interval = record[:2 * h * w].view("<u2").reshape(h, w)
+        gt = record[2 * h * w:3 * h * w].reshape(h, w) if self.has_gt[r] else None
+        packed = record[3 * h * w:].reshape(-1, h, w)
+        return packed, interval, self.labels[r], gt
+
+
 class UHSRDataset(Dataset):
     """`<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` as model-ready samples.
 
@@ -272,10 +489,12 @@ class UHSRDataset(Dataset):
       tfp, tfi float32 [1, S, S]    baselines / pseudo-targets (only with with_baselines=True)
       index   int                   the file's numeric index
     `bins` is 50 for direct encoding; temporal encoding with T steps asks for 50*T bins.
+    With `cache_path`, samples are read from that decoded cache of the files (SpikeCache: the
+    same items for >10x less CPU), which is built first when missing, stale or damaged.
     """
 
     def __init__(self, data_root, data_type, split, bins=UHSR_BINS, num_frames=UHSR_FRAMES,
-                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False):
+                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False, cache_path=None):
         if data_type not in CLASS_NAMES:
             raise ValueError(f"data_type must be one of {sorted(CLASS_NAMES)}, got {data_type!r}")
         self.data_type = data_type
@@ -283,6 +502,8 @@ class UHSRDataset(Dataset):
         self.root = os.path.join(data_root, DATASET_DIRS[data_type], split)
         if num_frames % bins:
             raise ValueError(f"{num_frames} frames do not bin into {bins} equal bins")
+        if num_frames >= 2 ** 16:   # TFP counts are uint16
+            raise ValueError(f"num_frames {num_frames}: at most 65535 frames per sample")
         self.bins, self.num_frames, self.crop_size = bins, num_frames, crop_size
         self.with_baselines, self.augment = with_baselines, augment
         if files is None:
@@ -295,30 +516,57 @@ class UHSRDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"{self.root}: no .npz files")
         self.files = list(files)
+        self.cache = self._open_cache(cache_path) if cache_path else None
+
+    def _open_cache(self, path):
+        settings = (self.files, self.num_frames, len(self.class_names))
+        try:
+            return SpikeCache(path, *settings)
+        except CacheError as e:
+            print(f"{e}: building it from {len(self.files)} files", flush=True)
+        t0 = time.perf_counter()
+        build_cache(path, *settings)
+        print(f"{path}: built in {time.perf_counter() - t0:.0f} s, {os.path.getsize(path) / 1e9:.2f} GB",
+              flush=True)
+        return SpikeCache(path, *settings)
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
         path = self.files[i]
-        spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
-        spk = center_window(spk, self.num_frames, path)
+        index = numeric_sort_key(path)[1]
+        if self.cache is None:
+            spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
+            spk, gt = self.view([center_window(spk, self.num_frames, path), gt], path)
+            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index)
+        packed, intervals, label, gt = self.cache.read(i)
+        packed, gt, intervals = self.view([packed, gt, intervals], path)
+        voxel = voxelize_packed(packed, self.bins, self.num_frames)
+        return item_from_voxel(voxel, self.num_frames, gt, label, self.class_names, index,
+                               intervals if self.with_baselines else None)
+
+    def view(self, arrays, path):
+        """The crop of arrays [..., H, W] (None stays None) the model sees: the centre, or with
+        augment a random view."""
         if self.augment:
-            spk, gt = random_view(spk, gt, self.crop_size, path)
-        else:
-            spk = center_crop(spk, self.crop_size, path)
-            gt = None if gt is None else center_crop(gt, self.crop_size, path)
-        return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines,
-                         numeric_sort_key(path)[1])
+            return random_view(arrays, self.crop_size, path)
+        return [None if x is None else center_crop(x, self.crop_size, path) for x in arrays]
 
 
 def make_item(spk, gt, label, class_names, bins, with_baselines, index):
     """One training/evaluation sample from spikes [T, S, S] and gt uint8 [S, S] (or None);
     the dict UHSRDataset documents."""
-    from utils import tfi, tfp  # baselines live with the other image utilities
-    s = spk.shape[-1]
+    return item_from_voxel(voxelize(spk, bins, np.uint8), len(spk), gt, label, class_names, index,
+                           tfi_interval(spk) if with_baselines else None)
+
+
+def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None):
+    """make_item() from the voxel uint8 [bins, S, S] of num_frames frames; with the per-pixel
+    TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames."""
+    s = voxel.shape[-1]
     item = {
-        "voxel": torch.from_numpy(voxelize(spk, bins, np.uint8)),
+        "voxel": torch.from_numpy(voxel),
         "label": torch.tensor(label, dtype=torch.int64),
         "class_name": class_names[label],
         "has_gt": gt is not None,
@@ -326,7 +574,7 @@ def make_item(spk, gt, label, class_names, bins, with_baselines, index):
         "gt": (torch.zeros(1, s, s) if gt is None
                else torch.from_numpy(gt.astype(np.float32) / 255.0)[None]),
     }
-    if with_baselines:
-        item["tfp"] = torch.from_numpy(tfp(spk))[None]
-        item["tfi"] = torch.from_numpy(tfi(spk))[None]
+    if tfi_intervals is not None:
+        item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames))[None]
+        item["tfi"] = torch.from_numpy(tfi_from_interval(tfi_intervals))[None]
     return item

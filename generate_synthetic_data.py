@@ -341,7 +341,7 @@ class SimulatedStreams(torch.utils.data.Dataset):
         window = canvas[top:top + s + 2 * m, left:left + s + 2 * m]
         sensor = tuple(x[top:top + s, left:left + s] for x in self.sensor)
         spk, gt = simulate_spikes(window, self.num_frames, self.cfg, sensor, rng, (s, s))
-        spk, gt = random_view(spk, gt, s)
+        spk, gt = random_view([spk, gt], s)
         return make_item(spk, gt, label, self.class_names, self.bins, True, -1)
 
 

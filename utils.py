@@ -14,10 +14,15 @@ import torch
 # REDS_BASE) the result is an intensity estimate; with rate=None it is normalised so that its
 # 99.5th percentile maps to 1 (the rate of real dark captures is unknown), then clipped to [0, 1].
 
-def _normalise(img, rate):
+NORM_PERCENTILE = 99.5
+
+
+def _normalise(img, rate, scale=None):
+    """img / rate, or img / scale clipped to [0, 1]; scale defaults to the NORM_PERCENTILE of img."""
     if rate is not None:
         return (img / rate).astype(np.float32)
-    scale = np.percentile(img, 99.5)
+    if scale is None:
+        scale = np.percentile(img, NORM_PERCENTILE)
     if scale <= 0:
         scale = img.max() if img.max() > 0 else 1.0
     return np.clip(img / scale, 0.0, 1.0).astype(np.float32)
@@ -32,10 +37,49 @@ def tfp(spk, window=None, rate=None):
     return _normalise(img, rate)
 
 
+def _percentile_points(values, descending=False):
+    """For non-negative integers `values`: the two order statistics np.percentile interpolates
+    between for NORM_PERCENTILE, and the weight of the second -> (a, b, weight). By a histogram,
+    O(n): on a 224x224 image ~10x cheaper than np.percentile's selection, the largest cost of a
+    cached training item. descending=True ranks the values high to low, as a decreasing function
+    of them (1/x) ranks low to high."""
+    n = values.size
+    pos = NORM_PERCENTILE / 100 * (n - 1)
+    lo, hi = int(pos), min(int(pos) + 1, n - 1)
+    ranks = [n - 1 - lo, n - 1 - hi] if descending else [lo, hi]
+    a, b = np.searchsorted(np.cumsum(np.bincount(values.ravel())), ranks, side="right")
+    return a, b, pos - lo
+
+
+def tfp_from_counts(counts, frames, rate=None):
+    """tfp() from integer per-pixel spike counts over `frames` frames (a voxel summed over its bins)."""
+    img = counts.astype(np.float32) / np.float32(frames)
+    if rate is not None:
+        return _normalise(img, rate)
+    a, b, weight = _percentile_points(counts)
+    return _normalise(img, None, (a + (b - a) * weight) / frames)
+
+
 def tfi(spk, window=None, rate=None):
     """Texture from inter-spike interval, per pixel: 1 / (right - left), where left is the last
     spike at or before the middle frame and right the first spike after it, both searched within
     +-window frames (default: as far as the stream allows); no spike -> that window end."""
+    return tfi_from_interval(tfi_interval(spk, window), rate)
+
+
+def tfi_from_interval(interval, rate=None):
+    """TFI from the per-pixel intervals (right - left) that tfi_interval returns."""
+    img = 1.0 / interval.astype(np.float32)
+    if rate is not None:
+        return _normalise(img, rate)
+    a, b, weight = _percentile_points(interval, descending=True)
+    return _normalise(img, None, 1 / a + (1 / b - 1 / a) * weight)
+
+
+def tfi_interval(spk, window=None):
+    """Per pixel, right - left of tfi(): integers [H, W] in [1, 2 * window]. Each pixel's value
+    depends on that pixel alone, so the map of whole frames can be cropped later (the training
+    cache stores it)."""
     t = spk.shape[0]
     mid = t // 2
     window = min(mid, t - 1 - mid) if window is None else min(window, mid, t - 1 - mid)
@@ -47,8 +91,7 @@ def tfi(spk, window=None, rate=None):
     # argmax finds the first True; where there is none, fall back to the window end.
     dist_left = np.where(before.any(0), before.argmax(0), window)
     dist_right = np.where(after.any(0), after.argmax(0) + 1, window)
-    img = 1.0 / (dist_left + dist_right).astype(np.float32)
-    return _normalise(img, rate)
+    return dist_left + dist_right
 
 
 # ----------------------------------------------------------------------------------------------

@@ -112,3 +112,20 @@ def test_tfi_normalised_maps_to_unit_range():
     assert np.corrcoef(img.ravel(), p.ravel())[0, 1] > 0.5
     flat = utils.tfi(np.zeros((11, 2, 2), np.uint8))
     assert np.isfinite(flat).all() and (flat == 1).all()   # constant 1/(2w) normalises to 1
+
+
+@pytest.mark.parametrize("size, high", [((224, 224), 5), ((224, 224), 200), ((7, 3), 2), ((1, 1), 9),
+                                        ((50, 50), 60000)])
+def test_histogram_percentile_matches_numpy(size, high):
+    """tfp_from_counts / tfi_from_interval find the 99.5th percentile by a histogram of their
+    integer input; it must be np.percentile's (linear interpolation) to float precision."""
+    rng = np.random.default_rng(high)
+    ints = rng.integers(1, high + 1, size)
+    ints[0, 0] = high                                   # heavy ties plus one extreme value
+    raw = ints.astype(np.float32) / 200
+    np.testing.assert_allclose(utils.tfp_from_counts(ints, 200), np.clip(raw / np.percentile(raw, 99.5), 0, 1),
+                               rtol=1e-6)
+    raw = 1 / ints.astype(np.float32)
+    np.testing.assert_allclose(utils.tfi_from_interval(ints), np.clip(raw / np.percentile(raw, 99.5), 0, 1),
+                               rtol=1e-6)
+    np.testing.assert_allclose(utils.tfp_from_counts(ints * 0, 200), 0)   # no spikes: zeros
