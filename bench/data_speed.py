@@ -7,8 +7,10 @@
    one process, normal and low light, built-in procedural images; "+ write" adds
    np.savez_compressed of the sample, i.e. what one worker of the generator does.
 2. Loading: items/s of UHSRDataset (load, check, crop, voxelise to 50 bins) on one core, for
-   the simulator's files (uint8 `spk`) and for the same spikes stored as float32 `spk` (the old
-   seed's format, savez_compressed), with and without the TFP/TFI baselines.
+   the simulator's files (uint8 `spk`), for the same spikes stored as float32 `spk` (the old
+   seed's format, savez_compressed), and from the decoded cache of the uint8 files (train.py
+   --cache; its one-process build time too), with and without the TFP/TFI baselines, the passes
+   of all six taking turns. All files are read warm (just written, in the page cache).
 Everything is written to a temporary folder that is removed at the end.
 """
 import argparse
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import generate_synthetic_data as gen  # noqa: E402
-from dataset import UHSRDataset  # noqa: E402
+from dataset import UHSRDataset, build_cache  # noqa: E402
 
 
 def bench_simulator(light, n, frame_size, num_frames, seed, out_dir):
@@ -58,29 +60,37 @@ def write_load_files(samples, n_files, folder, dtype):
     return files
 
 
-def bench_loading(files, with_baselines, repeats):
-    ds = UHSRDataset("", "CIFAR", "train", with_baselines=with_baselines, files=files)
-    ds[0]  # warm-up (imports, page cache)
-    t0 = time.perf_counter()
+def bench_loading(datasets, repeats):
+    """name -> items/s of each UHSRDataset; their passes take turns, so a load that changes during
+    the run (a shared machine) slows them alike and the ratios stay fair."""
+    elapsed = dict.fromkeys(datasets, 0.0)
+    for ds in datasets.values():
+        ds[0]  # warm-up (imports, page cache)
     for _ in range(repeats):
-        for i in range(len(ds)):
-            item = ds[i]
-    dt = time.perf_counter() - t0
-    assert item["voxel"].shape == (50, 224, 224)
-    return repeats * len(ds) / dt
+        for name, ds in datasets.items():
+            t0 = time.perf_counter()
+            for i in range(len(ds)):
+                item = ds[i]
+            elapsed[name] += time.perf_counter() - t0
+            assert item["voxel"].shape == (50, 224, 224)
+    return {name: repeats * len(ds) / elapsed[name] for name, ds in datasets.items()}
 
 
-def bench_loader(files, workers, batch, repeats):
+def bench_loader(files, workers, batch, repeats, cache_path=None):
     """samples/s of train.py's DataLoader set-up alone (workers, pinned memory, prefetch),
-    with the TFP/TFI pseudo-targets train.py asks for."""
-    from torch.utils.data import DataLoader
-    ds = UHSRDataset("", "CIFAR", "train", with_baselines=True, files=files * repeats)
+    with the TFP/TFI pseudo-targets train.py asks for, after the first batch."""
+    from torch.utils.data import ConcatDataset, DataLoader
+    copies = max(repeats, -(-5 * batch // len(files)))    # at least 5 batches: 4 are timed
+    ds = ConcatDataset([UHSRDataset("", "CIFAR", "train", with_baselines=True, files=files,
+                                    cache_path=cache_path)] * copies)
     kw = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
     if workers:
         kw.update(prefetch_factor=4, persistent_workers=False)
     loader = DataLoader(ds, batch_size=batch, shuffle=False, **kw)
+    batches = iter(loader)
+    next(batches)     # steady state: worker start-up and the first batch are not timed
     t0 = time.perf_counter()
-    n = sum(len(b["label"]) for b in loader)
+    n = sum(len(b["label"]) for b in batches)
     return n / (time.perf_counter() - t0)
 
 
@@ -119,21 +129,31 @@ def main():
         print(f"| UHSRDataset -> 50x224x224 voxel, 1 core, {args.load_files} files x {args.repeats} "
               f"| MB/file | items/s | items/s with_baselines |")
         print("|---|---|---|---|")
-        speed = {}
-        for name, fl in files.items():
-            size_mb = np.mean([os.path.getsize(f) for f in fl]) / 1e6
-            plain = bench_loading(fl, False, args.repeats)
-            base = bench_loading(fl, True, args.repeats)
-            speed[name] = (plain, base)
-            print(f"| {name} | {size_mb:.2f} | {plain:.1f} | {base:.1f} |")
-        (u, ub), (f, fb) = speed.values()
-        print(f"| ratio uint8 / float32 | | {u / f:.2f}x | {ub / fb:.2f}x |")
-        print()
-        print("| DataLoader alone (uint8 files, with_baselines, batch 4) | samples/s |")
-        print("|---|---|")
         uint8_files = files["uint8 spk (simulator)"]
+        cache = os.path.join(tmp, "train.cache")
+        t0 = time.perf_counter()
+        build_cache(cache, uint8_files, args.num_frames, 10, processes=1)
+        build_rate = len(uint8_files) / (time.perf_counter() - t0)
+        sources = {**{name: (fl, None) for name, fl in files.items()},
+                   f"cache of the uint8 files (decoded at {build_rate:.1f} files/s)": (uint8_files, cache)}
+        speed = bench_loading({(name, base): UHSRDataset("", "CIFAR", "train", with_baselines=base,
+                                                         files=fl, cache_path=cache_path)
+                               for name, (fl, cache_path) in sources.items() for base in (False, True)},
+                              args.repeats)
+        for name, (fl, cache_path) in sources.items():
+            size_mb = (os.path.getsize(cache) if cache_path else sum(map(os.path.getsize, fl))) / len(fl) / 1e6
+            print(f"| {name} | {size_mb:.2f} | {speed[name, False]:.1f} | {speed[name, True]:.1f} |")
+        u, f, c = list(sources)
+        for a, b in ((u, f), (c, u)):
+            print(f"| ratio {a.split()[0]} / {b.split()[0]} | | {speed[a, False] / speed[b, False]:.2f}x "
+                  f"| {speed[a, True] / speed[b, True]:.2f}x |")
+        print()
+        print("| DataLoader alone (uint8 files, with_baselines, batch 4) | samples/s | from the cache | ratio |")
+        print("|---|---|---|---|")
         for workers in sorted({0, max(1, (os.cpu_count() or 2) - 1), os.cpu_count() or 1}):
-            print(f"| {workers} worker processes | {bench_loader(uint8_files, workers, 4, args.repeats):.1f} |")
+            npz = bench_loader(uint8_files, workers, 4, args.repeats)
+            cached = bench_loader(uint8_files, workers, 4, args.repeats, cache)
+            print(f"| {workers} worker processes | {npz:.1f} | {cached:.1f} | {cached / npz:.2f}x |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
