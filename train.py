@@ -286,16 +286,20 @@ class StageLoss:
 
 def disable_random_clip_terms(args, clip_info, is_main):
     """With randomly initialised CLIP the class and quality losses carry no meaning: they are
-    noise as large as the reconstruction loss and drive the image away from the data (measured
-    in BENCHMARKS.md). Unless --random_clip_terms, switch them off and skip the prompt stage,
-    so an offline run trains the reconstruction alone and says so."""
+    noise as large as the reconstruction loss and drive the image away from the data, and a
+    refinement stage without them (L1 + TV at a fresh learning rate) scored below its own
+    stage 1 (bench/offline_schedule.py, BENCHMARKS.md). Unless --random_clip_terms, switch the
+    CLIP terms off and give the refinement epochs to stage 1: offline, the run trains the
+    reconstruction alone, and says so."""
     if not clip_info["clip_random_init"] or args.random_clip_terms:
         return
     args.clip_weight = args.prompt_weight = 0.0
-    args.stage_epochs = [args.stage_epochs[0], 0, args.stage_epochs[2]]
+    coarse, _, fine = args.stage_epochs
+    args.stage_epochs = [coarse + fine, 0, 0]
     note = ("CLIP has random weights: the CLIP class and quality losses are OFF (--clip_weight 0 "
-            "--prompt_weight 0) and the prompt stage is skipped; stage 3 refines with the "
-            "reconstruction and TV terms only. Pass --random_clip_terms to keep them anyway.")
+            f"--prompt_weight 0) and the CLIP-guided stages 2 and 3 are skipped; stage 1 trains the "
+            f"reconstruction for {coarse + fine} epochs (coarse + fine). Pass --random_clip_terms "
+            "to keep the three stages with their CLIP terms anyway.")
     clip_info["warnings"].append(note)
     if is_main:
         print(f"!! {note}", flush=True)

@@ -2,8 +2,9 @@
 
 On simulated U-CIFAR made from real CIFAR-10 test images, three runs with the same seed and the
 same stage 1: stage 1 alone; the three-stage schedule as train.py runs it offline by default
-(CLIP terms off, prompt stage skipped, stage 3 = L1 + TV); and the same schedule forced to keep
-the random-CLIP class and quality terms (--random_clip_terms). PSNR/SSIM on the test split.
+(CLIP terms off, stages 2 and 3 skipped, their LRN epochs given to stage 1); and the same
+schedule forced to keep the random-CLIP class and quality terms (--random_clip_terms).
+PSNR/SSIM on the test split.
 
     python bench/offline_schedule.py --source_dir ../shared/datasets/cifar10-test
 """
@@ -34,7 +35,7 @@ def main():
     results = os.path.abspath(os.path.join(args.work_dir, "results.json"))
     coarse, prompt, fine = (str(e) for e in args.epochs)
     runs = {"stage 1 alone": [coarse, "0", "0"],
-            "default schedule, offline (CLIP terms off)": [coarse, prompt, fine],
+            "default schedule, offline (CLIP terms off: stage 1 for coarse+fine epochs)": [coarse, prompt, fine],
             "same schedule with --random_clip_terms": [coarse, prompt, fine, "--random_clip_terms"]}
     rows = []
     for i, (label, (c, pr, f, *extra)) in enumerate(runs.items()):
