@@ -264,6 +264,13 @@ def voxelize_packed(packed, bins, num_frames):
     return voxel.reshape(-1, *packed.shape[1:])[:bins]
 
 
+def voxelize_on_device(spikes, bins):
+    """The same binning for a torch batch on any device: uint8 spikes [B, F, H, W] -> float32
+    voxel [B, bins, H, W] (F/bins frames summed per bin)."""
+    b, f, h, w = spikes.shape
+    return spikes.reshape(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
+
+
 def load_gt(path):
     """Only the clean image of a sample file (uint8 [H, W]) or None; skips the spikes."""
     try:

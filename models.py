@@ -272,23 +272,37 @@ class SpikingLRN(nn.Module):
                 for c in self.convs]
 
     @torch.no_grad()
-    def step(self, x_t, state):
-        """One time step (eval mode): x_t [B, 50, H, W] -> (analog frame [B,1,H,W], new state).
+    def steps(self, x_steps, state):
+        """K time steps in a row (eval mode): x_steps [K, B, 50, H, W] -> (analog frames
+        [K, B, 1, H, W], new state).
 
-        Feeding a long stream window by window gives spike-to-video; with the same voxel at
-        every step it reproduces forward() of direct encoding step by step.
+        Feeding a long stream slice by slice, carrying the state, gives spike-to-video. Layer by
+        layer, as the fast path: each conv runs once on the [K*B] batch (one device call for K
+        steps), then the LIF recurrence walks the K steps from the carried membranes.
         """
         if self.training:
-            raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
-        h, new_state = x_t, []
+            raise RuntimeError("steps() runs the network in eval mode: call model.eval() first")
+        k, b = x_steps.shape[:2]
+        h, new_state = x_steps.flatten(0, 1), []
         for l, (mem, spk) in enumerate(state):
             cur = self._conv_bn(l, h, 1)
-            h, mem = lif_step(cur, mem, spk, self.beta, self.threshold)
-            new_state.append((mem, h))
-        frame = self.readout(h)
+            cur = cur.view(k, b, *cur.shape[1:])
+            spikes = torch.empty_like(cur)
+            for t in range(k):
+                spk, mem = lif_step(cur[t], mem, spk, self.beta, self.threshold)
+                spikes[t] = spk
+            new_state.append((mem, spk))
+            h = spikes.flatten(0, 1)
+        out = self.readout(h)
         if self.skip is not None:
-            frame = frame + self.skip(x_t)
-        return frame, new_state
+            out = out + self.skip(x_steps.flatten(0, 1))
+        return out.view(k, b, *out.shape[1:]), new_state
+
+    def step(self, x_t, state):
+        """One time step: x_t [B, 50, H, W] -> (analog frame [B, 1, H, W], new state). With the
+        same voxel at every step it reproduces forward() of direct encoding step by step."""
+        out, state = self.steps(x_t[None], state)
+        return out[0], state
 
 
 class PlainLRN(nn.Module):

@@ -4,11 +4,10 @@ Panels: one PNG per sample, side by side: the spikes (mean of the voxel), TFP, T
 reconstruction and the ground truth when the data has it, under "pred: <class> / true: <class>"
 (CLIP zero-shot on the reconstruction). Benchmark: latency, throughput, MACs, synaptic
 operations, firing rates, theoretical energy (45 nm) and, on NVIDIA GPUs, energy measured with
-NVML's energy counter; a "benchmark" record goes to experiment_results.json.
+NVML's energy counter; a "benchmark" record goes to experiment_results.json. (Images of your own
+.npz/.dat files, one window or a whole stream: reconstruct.py.)
 
     python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth              # 4 panels
-    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --input data/U-CIFAR/test/5.npz
-    python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --input capture.dat
     python test.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth --benchmark --bench_size 224
 
 Exit status 2: unusable input (checkpoint, data file, options).
@@ -28,12 +27,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clip_guidance import ClipGuide, ClipWeightsError, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset,
-                     center_crop, center_window, load_npz, read_dat, voxelize)
+                     voxelize_on_device)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from metrics import NvmlEnergyMeter, count_macs, synaptic_ops
 from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
 from results_tracker import RESULTS_FILE, append_record
-from utils import pick_device, tfi, tfp
+from utils import pick_device
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
@@ -56,13 +55,6 @@ def get_args(argv=None):
                    help="class set of the data (default: the checkpoint's)")
     g.add_argument("--split", default="test", help="split the panels (and the firing rates of "
                                                     "--benchmark) come from")
-    g.add_argument("--input", help="one .npz (UHSR layout) or .dat (raw Vidar stream) file: its panel "
-                                   "instead of samples of --split")
-    g.add_argument("--height", type=int, default=250, help=".dat frame height")
-    g.add_argument("--width", type=int, default=400, help=".dat frame width (416: the 16 extra "
-                                                          "columns of a raw capture are dropped)")
-    g.add_argument("--start", type=int, help=f"--input: first frame of the {UHSR_FRAMES}-frame "
-                                             f"window the model sees (default: centred)")
     g = p.add_argument_group("running")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
@@ -77,7 +69,7 @@ def get_args(argv=None):
     g = p.add_argument_group("output")
     g.add_argument("--num_samples", type=int,
                    help="panels for N samples spread evenly over --split (default: 4, or 0 with "
-                        "--benchmark or --input)")
+                        "--benchmark)")
     g.add_argument("--output_dir", help="where panels go (default: exp/<experiment>/test, the "
                                         "experiment being the checkpoint's run folder, the one "
                                         "above ckpts/)")
@@ -108,7 +100,7 @@ def get_args(argv=None):
     if args.energy_seconds <= 0:
         p.error("--energy_seconds must be > 0")
     if args.num_samples is None:
-        args.num_samples = 0 if (args.benchmark or args.input) else 4
+        args.num_samples = 0 if args.benchmark else 4
     return args
 
 
@@ -126,12 +118,6 @@ def device_name(device):
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def voxelize_on_device(spikes, bins):
-    """uint8 spikes [B, F, H, W] -> float voxel [B, bins, H, W] (F/bins frames summed per bin)."""
-    b, f, h, w = spikes.shape
-    return spikes.view(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
 
 
 class Runner:
@@ -261,30 +247,6 @@ def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
         written.append(out)
         print(f"{out}: pred {pred} / true {item['class_name']}")
     return written
-
-
-def input_panel(args, runner, labeller, arch, class_names, crop, bins):
-    path = args.input
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: --input file not found")
-    ext = os.path.splitext(path)[1].lower()
-    gt, true_name = None, None
-    if ext == ".npz":
-        spk, label, _, gt = load_npz(path, num_classes=len(class_names), with_gt=True)
-        true_name = class_names[label]
-    elif ext == ".dat":
-        spk = read_dat(path, args.height, args.width)
-    else:
-        raise InputError(f"{path}: --input must be a .npz or .dat file")
-    spk = center_crop(center_window(spk, UHSR_FRAMES, path, args.start), crop, path)
-    if gt is not None:
-        gt = center_crop(gt, crop, path).astype(np.float32) / 255.0
-    panel, pred = make_panel(runner, labeller, arch, voxelize(spk, bins), (tfp(spk), tfi(spk)),
-                             true_name, gt)
-    out = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-    panel.save(out)
-    print(f"{out}: pred {pred}" + (f" / true {true_name}" if true_name else ""))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,13 +464,10 @@ def run(args):
     print(f"{args.checkpoint}: {arch.upper()}, trained on U-{data_type} at {crop}x{crop}; "
           f"{device_name(device)}, dtype {dtype_name}")
 
-    if args.input or args.num_samples:
+    if args.num_samples:
         os.makedirs(args.output_dir, exist_ok=True)
         labeller = Labeller(args, ckpt, CLASS_NAMES[data_type], device)
-        if args.input:
-            input_panel(args, runner, labeller, arch, CLASS_NAMES[data_type], crop, bins)
-        if args.num_samples:
-            dataset_panels(args, runner, labeller, arch, data_type, crop, bins)
+        dataset_panels(args, runner, labeller, arch, data_type, crop, bins)
     if args.benchmark:
         run_benchmark(args, runner, ckpt, data_type, crop, run_name, ckpt.get("clip") or {})
     return 0

@@ -1,4 +1,4 @@
-"""test.py (panels, single files, benchmark) and the efficiency functions of metrics.py."""
+"""test.py (panels, benchmark) and the efficiency functions of metrics.py."""
 import importlib.util
 import json
 import math
@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-import dataset
 import generate_synthetic_data
 import metrics
 import train
@@ -53,30 +52,6 @@ def test_panels_for_num_samples(run, monkeypatch, capsys):
         assert img.width >= 5 * 128 and img.height > 128
     out = capsys.readouterr().out
     assert out.count("pred ") == 2 and "/ true " in out
-
-
-def test_input_npz_and_dat(run, tmp_path, capsys):
-    npz = sorted((run["data"] / "U-CIFAR" / "test").glob("*.npz"))[0]
-    assert test_script.main(["--checkpoint", run["ckpt"], "--input", str(npz),
-                             "--output_dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert (tmp_path / f"{npz.stem}.png").is_file() and "/ true " in out
-
-    spk, _, _ = dataset.load_npz(str(npz))
-    assert spk.shape == (200, 40, 40)
-    dat = tmp_path / "capture.dat"
-    dataset.write_dat(str(dat), spk)
-    assert test_script.main(["--checkpoint", run["ckpt"], "--input", str(dat), "--height", "40",
-                             "--width", "40", "--output_dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert (tmp_path / "capture.png").is_file()
-    assert "pred " in out and "true" not in out.split("capture.png")[1]
-    with Image.open(tmp_path / "capture.png") as img:
-        assert img.width >= 4 * 128          # no GT tile for a raw stream
-
-    # a window that does not fit the stream is an input error
-    assert test_script.main(["--checkpoint", run["ckpt"], "--input", str(dat), "--height", "40",
-                             "--width", "40", "--start", "5", "--output_dir", str(tmp_path)]) == 2
 
 
 def test_benchmark_writes_record(run, tmp_path, capsys):

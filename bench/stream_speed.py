@@ -1,0 +1,232 @@
+"""Streaming reconstruction (reconstruct.py): speed, peak memory and temporal stability.
+
+    python bench/stream_speed.py --snn exp/stream_snn/ckpts/checkpoint_best.pth     # CPU
+    python bench/stream_speed.py --device cuda --speed_frames 2000 --snn CKPT --ann CKPT
+
+All streams come from the simulator (generate_synthetic_data.py's camera, normal light) at
+250x400 and are written as Vidar .dat files into a temporary folder, removed at the end.
+1. Speed: output frames/s and x real time (--camera_hz, stride 50) of reconstruct.py's two paths
+   over a moving scene -- the T=4 temporal SNN stateful (one step per output frame) and as
+   sliding windows (T steps per output frame), and the plain-CNN LRN (one pass per window) --
+   reading and unpacking the .dat included, after one warm-up batch.
+2. Peak resident memory of `reconstruct.py` in a subprocess (ru_maxrss of that process alone) on
+   a 10,000 and a 40,000-frame stream, stateful SNN, every frame read and unpacked at 250x400;
+   the network sees the centre --rss_crop pixels so that the long run fits a CPU budget.
+3. Temporal stability on a static scene: mean |frame_j+1 - frame_j| of the stateful SNN, the same
+   SNN on sliding windows, and TFP of the same windows (divided by the rate, clipped to [0, 1]).
+--snn: a temporal-encoding SNN checkpoint (default: a fresh T=4 network with BN statistics from
+the stream: speed and memory do not depend on the weights, so section 3 then is skipped); --ann:
+a plain-CNN checkpoint (default: a fresh one).
+"""
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import reconstruct  # noqa: E402
+from dataset import write_dat  # noqa: E402
+from generate_synthetic_data import LIGHT, make_sensor, procedural_image, simulate_spikes  # noqa: E402
+from models import CHECKPOINT_FORMAT, PlainLRN, SpikingLRN, load_checkpoint, model_from_checkpoint  # noqa: E402
+from utils import tfp  # noqa: E402
+
+H, W = 250, 400
+RATE = LIGHT["normal"].rate
+
+
+def get_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--snn", help="temporal-encoding SNN checkpoint (default: fresh T=4 network)")
+    p.add_argument("--ann", help="plain-CNN LRN checkpoint (default: fresh network)")
+    p.add_argument("--speed_frames", type=int, help="timed output frames per variant (default: 200 on "
+                                                    "CUDA, 5 on the CPU)")
+    p.add_argument("--batch", type=int, help="reconstruct.py --batch (default: its own)")
+    p.add_argument("--camera_hz", type=float, default=40000.0)
+    p.add_argument("--rss_frames", default="10000,40000", help="stream lengths of the memory runs")
+    p.add_argument("--rss_crop", type=int, default=64, help="centre pixels the network sees in the memory runs")
+    p.add_argument("--stability_frames", type=int, default=3000, help="static-scene stream length")
+    p.add_argument("--stability_crop", type=int, default=96, help="centre pixels of the stability runs")
+    a = p.parse_args()
+    cuda = a.device.startswith("cuda")
+    a.speed_frames = a.speed_frames or (200 if cuda else 5)
+    a.batch = a.batch or (16 if cuda else 1)
+    a.rss_frames = [int(n) for n in a.rss_frames.split(",")]
+    return a
+
+
+def simulated_clip(num_frames, moving, seed=0):
+    """uint8 spikes [num_frames, 250, 400]: a procedural image through the camera model."""
+    rng = np.random.default_rng(seed)
+    margin = 8
+    img = procedural_image(7, rng, size=256).resize((W + 2 * margin, H + 2 * margin), Image.BICUBIC)
+    canvas = np.asarray(img, dtype=np.float32) / 255.0
+    cfg = LIGHT["normal"]
+    if not moving:
+        cfg = dataclasses.replace(cfg, motion_px=(0.0, 0.0), jitter_px=0.0)
+    spk, _ = simulate_spikes(canvas, num_frames, cfg, make_sensor(cfg, (H, W), seed), rng, (H, W))
+    return spk
+
+
+def write_stream(path, clip_dat, num_frames, clip_frames):
+    """A .dat of num_frames frames: the clip's file repeated (a long stream from a short clip)."""
+    with open(clip_dat, "rb") as f:
+        data = f.read()
+    frame_bytes = len(data) // clip_frames
+    with open(path, "wb") as f:
+        for start in range(0, num_frames, clip_frames):
+            f.write(data[:min(clip_frames, num_frames - start) * frame_bytes])
+
+
+def save(model, path):
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model_config": model.config(),
+                "model": model.state_dict()}, path)
+    return path
+
+
+def fresh_snn(clip):
+    torch.manual_seed(0)
+    model = SpikingLRN(time_steps=4, encoding="temporal")
+    for bn in model.bns:            # BN statistics from the stream (a fresh BN barely spikes)
+        bn.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.from_numpy(clip[None, :200, :64, :64]).float())
+    return model.eval()
+
+
+def load(path):
+    return model_from_checkpoint(load_checkpoint(path), path)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def speed(args, snn, ann, dat, device):
+    stream = reconstruct.open_stream(dat, H, W)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
+        contextlib.nullcontext
+    n = args.speed_frames
+    rows = []
+    for name, model, stateful in (("SNN T=4, stateful", snn, True), ("SNN T=4, sliding window", snn, False),
+                                  ("plain-CNN LRN, sliding window", ann, False)):
+        model = model.to(device).eval()
+        warm = args.batch
+        num_out = warm + n
+        if stateful:
+            frames = reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, args.batch, device, autocast)
+        else:
+            frames = reconstruct.sliding_frames(model, stream, 0, num_out, 50, args.batch, device, autocast)
+        for _ in range(warm):
+            next(frames).cpu()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(frames).cpu()
+        sync()
+        seconds = time.perf_counter() - t0
+        fps = n / seconds
+        rows.append((name, n, seconds, fps, fps * 50 / args.camera_hz))
+        print(f"  {name}: {n} frames in {seconds:.1f} s", flush=True)
+    base = rows[1][3]
+    print(f"\n| {H}x{W}, stride 50, {args.camera_hz / 1000:g} kHz | output frames timed | s | frames/s "
+          f"| x real time | x SNN sliding |\n|---|---|---|---|---|---|")
+    for name, n, seconds, fps, rt in rows:
+        print(f"| {name} | {n} | {seconds:.1f} | {fps:.3g} | {rt:.3g} | {fps / base:.2f} |")
+
+
+def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
+    print(f"\n| stateful SNN, {H}x{W} frames read, network on the centre {args.rss_crop}x{args.rss_crop} "
+          f"| output frames | s | peak RSS MB |\n|---|---|---|---|")
+    results = []
+    for frames in args.rss_frames:
+        dat = os.path.join(folder, f"stream{frames}.dat")
+        write_stream(dat, clip_dat, frames, clip_frames)
+        cmd = [sys.executable, os.path.join(ROOT, "reconstruct.py"), "--checkpoint", ckpt, "--input", dat,
+               "--output", os.path.join(folder, "rss.npy"), "--crop", str(args.rss_crop),
+               "--device", args.device, "--batch", str(args.batch)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        if status != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
+        mb = usage.ru_maxrss / 1024            # Linux: kilobytes
+        results.append(mb)
+        print(f"| {frames:,}-frame stream ({os.path.getsize(dat) / 1e6:.0f} MB) | "
+              f"{(frames - 200) // 50 + 1} | {seconds:.0f} | {mb:.0f} |", flush=True)
+        os.unlink(dat)
+    print(f"peak RSS ratio {args.rss_frames[-1]:,} / {args.rss_frames[0]:,} frames: {results[-1] / results[0]:.3f}")
+
+
+def stability(args, snn, dat, device):
+    stream = reconstruct.open_stream(dat, H, W, args.stability_crop)
+    num_out = (args.stability_frames - 200) // 50 + 1
+    null = contextlib.nullcontext      # fp32 everywhere: the figure is about the dynamics
+    snn = snn.to(device).eval()
+    outputs = {
+        "SNN stateful": reconstruct.stateful_frames(snn, stream, 0, num_out, 50, None, args.batch, device, null),
+        "SNN sliding window": reconstruct.sliding_frames(snn, stream, 0, num_out, 50, args.batch, device, null),
+    }
+    results = {name: np.stack([f.cpu().numpy() for f in frames]) for name, frames in outputs.items()}
+    results["TFP (200 frames / rate)"] = np.stack([
+        np.clip(tfp(stream.read(j * 50, j * 50 + 200, "cpu").numpy(), rate=RATE), 0, 1) for j in range(num_out)])
+    skip = snn.time_steps      # the stateful path's first frames still carry the start from zero
+    print(f"\n| static scene, {args.stability_frames} frames, centre {args.stability_crop}² | "
+          f"mean abs frame-to-frame difference | x TFP | mean intensity |\n|---|---|---|---|")
+    tfp_flicker = np.abs(np.diff(results["TFP (200 frames / rate)"][skip:], axis=0)).mean()
+    for name, frames in results.items():
+        flicker = np.abs(np.diff(frames[skip:], axis=0)).mean()
+        print(f"| {name} | {flicker:.4f} | {flicker / tfp_flicker:.2f} | {frames[skip:].mean():.3f} |")
+    late = results["SNN stateful"][skip:]
+    third = len(late) // 3
+    print(f"stateful flicker, first / last third of the frames after the first {skip}: "
+          f"{np.abs(np.diff(late[:third], axis=0)).mean():.4f} / {np.abs(np.diff(late[-third:], axis=0)).mean():.4f}")
+
+
+def main():
+    args = get_args()
+    device = torch.device(args.device)
+    print(f"stream_speed: {args.device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads), torch {torch.__version__}, batch {args.batch}")
+    folder = tempfile.mkdtemp(prefix="stream_speed.")
+    try:
+        t0 = time.perf_counter()
+        clip_frames = max(1000, 200 + 50 * (args.batch + args.speed_frames))
+        moving = simulated_clip(clip_frames, moving=True)
+        clip_dat = os.path.join(folder, "moving.dat")
+        write_dat(clip_dat, moving)
+        static_dat = os.path.join(folder, "static.dat")
+        write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1))
+        print(f"simulated {clip_frames} moving + {args.stability_frames} static frames in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        snn = load(args.snn) if args.snn else fresh_snn(moving)
+        torch.manual_seed(0)
+        ann = load(args.ann) if args.ann else PlainLRN()
+        if snn.config()["encoding"] != "temporal":
+            raise SystemExit(f"{args.snn}: not a temporal-encoding SNN")
+        snn_ckpt = args.snn or save(snn, os.path.join(folder, "snn.pth"))
+        del moving
+
+        speed(args, snn, ann, clip_dat, device)
+        peak_rss(args, snn_ckpt, clip_dat, clip_frames, folder)
+        if args.snn:
+            stability(args, snn, static_dat, device)
+        else:
+            print("\nstability: skipped (needs a trained --snn; a fresh network's flicker says nothing)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
