@@ -9,9 +9,11 @@ All streams come from the simulator (generate_synthetic_data.py's camera, normal
    over a moving scene -- the T=4 temporal SNN stateful (one step per output frame) and as
    sliding windows (T steps per output frame), and the plain-CNN LRN (one pass per window) --
    reading and unpacking the .dat included, after one warm-up batch.
-2. Peak resident memory of `reconstruct.py` in a subprocess (ru_maxrss of that process alone) on
-   a 10,000 and a 40,000-frame stream, stateful SNN, every frame read and unpacked at 250x400;
-   the network sees the centre --rss_crop pixels so that the long run fits a CPU budget.
+2. Peak resident memory of `reconstruct.py` in a subprocess on a 10,000 and a 40,000-frame
+   stream, stateful SNN, every frame read and unpacked at 250x400; the network sees the centre
+   --rss_crop pixels so that the long run fits a CPU budget. The figure is the process's own
+   VmHWM (Linux), read as it ends: a child's ru_maxrss would include the RSS of this process,
+   which Linux carries into the child's high-water mark across fork and exec.
 3. Temporal stability on a static scene: mean |frame_j+1 - frame_j| of the stateful SNN, the same
    SNN on sliding windows, and TFP of the same windows (divided by the rate, clipped to [0, 1]).
 --snn: a temporal-encoding SNN checkpoint (default: a fresh T=4 network with BN statistics from
@@ -55,14 +57,19 @@ def get_args():
     p.add_argument("--batch", type=int, help="reconstruct.py --batch (default: its own)")
     p.add_argument("--camera_hz", type=float, default=40000.0)
     p.add_argument("--rss_frames", default="10000,40000", help="stream lengths of the memory runs")
-    p.add_argument("--rss_crop", type=int, default=64, help="centre pixels the network sees in the memory runs")
-    p.add_argument("--stability_frames", type=int, default=3000, help="static-scene stream length")
-    p.add_argument("--stability_crop", type=int, default=96, help="centre pixels of the stability runs")
+    p.add_argument("--rss_crop", type=int, default=32,
+                   help="centre pixels the network sees in the memory runs (0: the full frame)")
+    p.add_argument("--stability_frames", type=int, default=2000, help="static-scene stream length")
+    p.add_argument("--stability_crop", type=int, default=64, help="centre pixels of the stability runs")
+    p.add_argument("--sections", default="speed,rss,stability", help="which of the three to run")
     a = p.parse_args()
     cuda = a.device.startswith("cuda")
     a.speed_frames = a.speed_frames or (200 if cuda else 5)
     a.batch = a.batch or (16 if cuda else 1)
     a.rss_frames = [int(n) for n in a.rss_frames.split(",")]
+    a.sections = set(a.sections.split(","))
+    if not a.sections <= {"speed", "rss", "stability"}:
+        p.error(f"--sections: expected a comma-separated subset of speed,rss,stability, got {a.sections}")
     return a
 
 
@@ -145,28 +152,47 @@ def speed(args, snn, ann, dat, device):
         print(f"| {name} | {n} | {seconds:.1f} | {fps:.3g} | {rt:.3g} | {fps / base:.2f} |")
 
 
+# runs argv[1] as __main__ with the rest as its arguments, then prints the process's peak RSS
+PEAK_RSS_WRAPPER = """
+import os, re, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+print("VmHWM_kB", re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+"""
+
+
 def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
-    print(f"\n| stateful SNN, {H}x{W} frames read, network on the centre {args.rss_crop}x{args.rss_crop} "
+    seen = f"the centre {args.rss_crop}x{args.rss_crop}" if args.rss_crop else "the full frame"
+    print(f"\n| stateful SNN, {H}x{W} frames read, network on {seen} "
           f"| output frames | s | peak RSS MB |\n|---|---|---|---|")
     results = []
     for frames in args.rss_frames:
         dat = os.path.join(folder, f"stream{frames}.dat")
         write_stream(dat, clip_dat, frames, clip_frames)
-        cmd = [sys.executable, os.path.join(ROOT, "reconstruct.py"), "--checkpoint", ckpt, "--input", dat,
-               "--output", os.path.join(folder, "rss.npy"), "--crop", str(args.rss_crop),
+        cmd = [sys.executable, "-c", PEAK_RSS_WRAPPER, os.path.join(ROOT, "reconstruct.py"),
+               "--checkpoint", ckpt, "--input", dat,
+               "--output", os.path.join(folder, "rss.npy"), "--height", str(H), "--width", str(W),
                "--device", args.device, "--batch", str(args.batch)]
+        if args.rss_crop:
+            cmd += ["--crop", str(args.rss_crop)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         seconds = time.perf_counter() - t0
-        if status != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed with status {status}")
-        mb = usage.ru_maxrss / 1024            # Linux: kilobytes
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed with status {proc.returncode}")
+        mb = int(proc.stdout.split("VmHWM_kB")[-1]) / 1024
         results.append(mb)
         print(f"| {frames:,}-frame stream ({os.path.getsize(dat) / 1e6:.0f} MB) | "
               f"{(frames - 200) // 50 + 1} | {seconds:.0f} | {mb:.0f} |", flush=True)
         os.unlink(dat)
-    print(f"peak RSS ratio {args.rss_frames[-1]:,} / {args.rss_frames[0]:,} frames: {results[-1] / results[0]:.3f}")
+    if len(results) > 1:
+        print(f"peak RSS ratio {args.rss_frames[-1]:,} / {args.rss_frames[0]:,} frames: "
+              f"{results[-1] / results[0]:.3f}")
 
 
 def stability(args, snn, dat, device):
@@ -207,9 +233,9 @@ def main():
         clip_dat = os.path.join(folder, "moving.dat")
         write_dat(clip_dat, moving)
         static_dat = os.path.join(folder, "static.dat")
-        write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1))
-        print(f"simulated {clip_frames} moving + {args.stability_frames} static frames in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if "stability" in args.sections and args.snn:
+            write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1))
+        print(f"simulated the streams in {time.perf_counter() - t0:.0f} s", flush=True)
         snn = load(args.snn) if args.snn else fresh_snn(moving)
         torch.manual_seed(0)
         ann = load(args.ann) if args.ann else PlainLRN()
@@ -218,11 +244,13 @@ def main():
         snn_ckpt = args.snn or save(snn, os.path.join(folder, "snn.pth"))
         del moving
 
-        speed(args, snn, ann, clip_dat, device)
-        peak_rss(args, snn_ckpt, clip_dat, clip_frames, folder)
-        if args.snn:
+        if "speed" in args.sections:
+            speed(args, snn, ann, clip_dat, device)
+        if "rss" in args.sections:
+            peak_rss(args, snn_ckpt, clip_dat, clip_frames, folder)
+        if "stability" in args.sections and args.snn:
             stability(args, snn, static_dat, device)
-        else:
+        elif "stability" in args.sections:
             print("\nstability: skipped (needs a trained --snn; a fresh network's flicker says nothing)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
