@@ -395,12 +395,12 @@ def run(args):
     if WINDOW % model.input_channels:
         raise InputError(f"{args.checkpoint}: the network takes {model.input_channels} bins, which "
                          f"{WINDOW} frames do not fill evenly")
-    stateful = is_stateful(model, args.sliding)
+    stateful = kind != "png" and is_stateful(model, args.sliding)     # one image: one window
     if args.reset_every and not stateful:
-        raise InputError("--reset_every needs a stateful SNN (temporal encoding, without --sliding); "
-                         f"{args.checkpoint} holds a {describe(model, stateful)}")
+        raise InputError("--reset_every needs a stateful run (a temporal-encoding SNN, no --sliding, "
+                         f"more than one output frame); here: {describe(model, stateful)}")
     step_frames = WINDOW // model.time_steps
-    if stateful and kind != "png" and args.stride % step_frames:
+    if stateful and args.stride % step_frames:
         raise InputError(f"--stride {args.stride}: a stateful SNN moves {step_frames} frames a step, so "
                          f"the stride must be a multiple of {step_frames} (or use --sliding)")
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
@@ -414,7 +414,7 @@ def run(args):
     first, num_out = frame_range(args, stream)
     h, w = stream.frame_shape
     columns = (2 + (getattr(stream, "gt", None) is not None)) if args.side_by_side else 0
-    if stateful and kind != "png":
+    if stateful:
         frames = stateful_frames(model, stream, first, num_out, args.stride, args.reset_every, batch,
                                  device, autocast)
     else:
@@ -441,7 +441,7 @@ def run(args):
     seconds = time.perf_counter() - t0
     print(f"{args.output}: {num_out} frame{'s' * (num_out != 1)} of {h}x{w} from spike frames "
           f"[{first}, {first + (num_out - 1) * args.stride + WINDOW}) of {stream.name} "
-          f"({describe(model, stateful and kind != 'png')}, stride {args.stride}) in {seconds:.1f} s: "
+          f"({describe(model, stateful)}, stride {args.stride}) in {seconds:.1f} s: "
           f"{num_out / seconds:.2f} frames/s, {real_time(num_out, args, seconds):.3g}x real time "
           f"at {args.camera_hz / 1000:g} kHz")
     for problem in stream.problems:
