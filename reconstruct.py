@@ -1,6 +1,6 @@
 """Reconstruct images and video from a spike stream with a trained network.
 
-    python reconstruct.py --checkpoint weights/normal_light.pth --input capture.dat --output capture.mp4
+    python reconstruct.py --checkpoint weights/normal.pth --input capture.dat --output capture.mp4
     python reconstruct.py --checkpoint CKPT --input data/U-CIFAR/test/5.npz --output 5.png --side_by_side
     python reconstruct.py --checkpoint CKPT --input recording/ --output frames/ --start 40000 --end 80000
 
