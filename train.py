@@ -14,6 +14,7 @@ is better); it drives --early_stop and checkpoint_best.pth.
 """
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -314,9 +315,7 @@ def to_device(batch, device):
                 v = v.float()
                 if device.type == "cuda":
                     v = v.contiguous(memory_format=torch.channels_last)   # as the model's weights
-            out[k] = v
-        else:
-            out[k] = v
+        out[k] = v
     return out
 
 
@@ -369,14 +368,6 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048):
     return float(residual.clamp(min=0).sqrt())
 
 
-def make_optimizer(stage, model, prompts, args):
-    params = prompts.parameters() if stage == "prompt" else model.parameters()
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    n_epochs = args.stage_epochs[STAGES.index(stage)]
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs))
-    return optimizer, scheduler
-
-
 def image_grid(batch, out, n=4):
     """Rows: spikes (TFP view of the voxel), TFP, TFI, reconstruction, gt — [5n, 1, H, W]."""
     import torchvision
@@ -388,40 +379,128 @@ def image_grid(batch, out, n=4):
     return torchvision.utils.make_grid(torch.cat([r.detach().float().cpu() for r in rows]), nrow=n, padding=2)
 
 
-def main(argv=None):
-    args = get_args(argv)
-    device, rank, world = setup_distributed(args.device)
-    is_main = rank == 0
-    run_dir = os.path.join(args.exp_root, args.exp_name)
-    ckpt_dir = os.path.join(run_dir, "ckpts")
-    last_path = os.path.join(ckpt_dir, "checkpoint_last.pth")
+# ----------------------------------------------------------------------------------------------
+# The run: its folder, what is built once, and the progress that changes as it trains
 
-    resume_ckpt = None
-    if args.resume:
-        resume_ckpt = load_checkpoint(last_path)
-        saved = resume_ckpt["opt"]
-        conflicts = [k for k in ARCH_OPTIONS if k in args.explicit and getattr(args, k) != saved.get(k)]
-        if conflicts:
-            raise CheckpointError(
-                f"{last_path}: checkpoint is from another architecture: " + ", ".join(
-                    f"--{k} {getattr(args, k)} requested, the run has {saved.get(k)}" for k in conflicts))
-        for key in ("resume", "device", "num_workers", "explicit", "compile", "cache"):   # how to run, not what to run
-            saved[key] = getattr(args, key)
-        args = argparse.Namespace(**saved)
-        if resume_ckpt["stage"] >= len(STAGES):
-            print(f"{run_dir}: the run is already complete (all three stages)")
-            return 0
-    elif os.path.exists(last_path):
-        raise SystemExit(f"{run_dir} already holds a run: pass --resume to continue it, "
-                         f"or choose another --exp_name")
-    seed_everything(args.seed + rank)
-    amp_dtype = None
-    if device.type == "cuda" and not args.no_amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        torch.backends.cudnn.benchmark = True
+class RunFolder:
+    """exp/<exp_name>/: opt.json, ckpts/checkpoint_{best,last}.pth, imgs/, tensorboard/."""
 
-    # -- data -----------------------------------------------------------------------------------
-    bins = UHSR_BINS * (args.time_steps if args.arch == "snn" and args.encoding == "temporal" else 1)
+    def __init__(self, exp_root, exp_name):
+        self.root = os.path.join(exp_root, exp_name)
+        self.ckpts = os.path.join(self.root, "ckpts")
+        self.last = os.path.join(self.ckpts, "checkpoint_last.pth")
+        self.best = os.path.join(self.ckpts, "checkpoint_best.pth")
+        self.opt_json = os.path.join(self.root, "opt.json")
+        self.imgs = os.path.join(self.root, "imgs")
+        self.tensorboard = os.path.join(self.root, "tensorboard")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint, so that --resume continues exactly."""
+    stage: int = 0                  # index into STAGES
+    epoch: int = 0                  # epochs of that stage already done
+    global_step: int = 0            # optimizer steps over all stages (TensorBoard x-axis)
+    best: float = math.inf          # best validation score of the current stage
+    bad_epochs: int = 0             # epochs since it last improved
+    history: list = dataclasses.field(default_factory=list)   # one dict per epoch
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        return cls(ckpt["stage"], ckpt["epoch"], ckpt["global_step"], ckpt["early_stop"]["best"],
+                   ckpt["early_stop"]["bad_epochs"], ckpt["history"])
+
+    def stopped_early(self, args):
+        return args.early_stop and self.bad_epochs >= args.patience
+
+    def end_epoch(self, stage, epoch, val_score, train_means):
+        """Record one epoch -> whether its validation score is the stage's best so far."""
+        improved = val_score < self.best
+        self.best = min(val_score, self.best)
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
+        self.epoch = epoch + 1
+        self.history.append({"stage": stage, "epoch": epoch, "val_score": val_score,
+                             **{f"train_{k}": v for k, v in train_means.items()}})
+        return improved
+
+    def next_stage(self):
+        self.stage, self.epoch, self.best, self.bad_epochs = self.stage + 1, 0, math.inf, 0
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built once before training starts; nothing in here changes while it runs."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world: int
+    folder: RunFolder
+    model: torch.nn.Module          # the LRN (plain module: state dicts, evaluation)
+    train_model: torch.nn.Module    # the same, wrapped for training (DDP, torch.compile)
+    prompts: QualityPrompts
+    train_prompts: torch.nn.Module  # the same, DDP-wrapped
+    losses: StageLoss
+    bank: torch.Tensor              # high-quality images [N, 1, S, S] for the quality prompts
+    bank_source: str
+    clip_info: dict
+    amp_dtype: torch.dtype          # autocast dtype, or None
+    scaler: torch.amp.GradScaler
+    writer: object                  # TensorBoard SummaryWriter on rank 0, else None
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Build: resume state, data, networks, the high-quality bank
+
+def start_or_resume(args, folder):
+    """-> (args to train with, checkpoint to resume from or None)."""
+    if not args.resume:
+        if os.path.exists(folder.last):
+            raise SystemExit(f"{folder.root} already holds a run: pass --resume to continue it, "
+                             f"or choose another --exp_name")
+        return args, None
+    ckpt = load_checkpoint(folder.last)
+    saved = ckpt["opt"]
+    conflicts = [k for k in ARCH_OPTIONS if k in args.explicit and getattr(args, k) != saved.get(k)]
+    if conflicts:
+        raise CheckpointError(
+            f"{folder.last}: checkpoint is from another architecture: " + ", ".join(
+                f"--{k} {getattr(args, k)} requested, the run has {saved.get(k)}" for k in conflicts))
+    for key in ("resume", "device", "num_workers", "explicit", "compile", "cache"):   # how to run, not what to run
+        saved[key] = getattr(args, key)
+    return argparse.Namespace(**saved), ckpt
+
+
+def build_lrn(args, device):
+    if args.arch == "snn":
+        model = SpikingLRN(UHSR_BINS, args.time_steps, args.encoding, args.beta, args.threshold,
+                           args.surrogate, args.backend, linear_skip=args.linear_skip)
+    else:
+        if args.encoding == "temporal":
+            raise SystemExit("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
+        if args.linear_skip:
+            raise SystemExit("--linear_skip is an SNN option; --arch ann is the original plain CNN")
+        model = PlainLRN(UHSR_BINS)
+    if args.linear_skip:
+        # fitted in closed form before training (fit_linear_skip), then fixed: Adam's steps of
+        # ~lr per weight are a large fraction of the small fitted weights (0.01-0.06 at a 0.6
+        # rate), and a trainable skip drifted off its optimum (REDS 25.9 -> 24.3 dB in 2 epochs)
+        model.skip.requires_grad_(False)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_data(args, bins, device, rank, world):
+    """-> (the training files' dataset, indices of the files whose gt images may serve as the
+    high-quality bank, sampler, train loader, validation loader or None)."""
     cache_path = default_cache_path(args.data_root, args.data_type, "train") if args.cache is True else args.cache
     full = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
                        crop_size=args.crop_size, with_baselines=True, cache_path=cache_path)
@@ -441,220 +520,276 @@ def main(argv=None):
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw) if val_idx else None
-    if args.recon_target == "gt" and not args.simulate_from:
-        probe = full[train_idx[0]]
-        if not probe["has_gt"]:
-            raise SystemExit(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
+    if args.recon_target == "gt" and not args.simulate_from and not full[train_idx[0]]["has_gt"]:
+        raise SystemExit(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
+    return full, train_idx or val_idx, sampler, train_loader, val_loader
 
-    # -- networks -------------------------------------------------------------------------------
-    if args.arch == "snn":
-        model = SpikingLRN(UHSR_BINS, args.time_steps, args.encoding, args.beta, args.threshold,
-                           args.surrogate, args.backend, linear_skip=args.linear_skip)
-    else:
-        if args.encoding == "temporal":
-            raise SystemExit("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
-        if args.linear_skip:
-            raise SystemExit("--linear_skip is an SNN option; --arch ann is the original plain CNN")
-        model = PlainLRN(UHSR_BINS)
-    if args.linear_skip:
-        # fitted in closed form before training (fit_linear_skip), then fixed: Adam's steps of
-        # ~lr per weight are a large fraction of the small fitted weights (0.01-0.06 at a 0.6
-        # rate), and a trainable skip drifted off its optimum (REDS 25.9 -> 24.3 dB in 2 epochs)
-        model.skip.requires_grad_(False)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
-    if resume_ckpt is None:
-        disable_random_clip_terms(args, clip_info, is_main)
-    guide = ClipGuide(clip_model, CLASS_NAMES[args.data_type], device)
-    prompts = QualityPrompts(clip_model, n_ctx=16, seed=args.seed).to(device)
-    losses = StageLoss(args, guide)
+
+def build_hq_bank(args, train_files):
+    """The unpaired high-quality images the quality prompts learn from -> (bank, description)."""
     if args.hq_dir:
         bank = load_image_folder(args.hq_dir, args.crop_size, seed=args.seed)
-        bank_source = f"--hq_dir {args.hq_dir} ({len(bank)} images)"
-    else:
-        bank = gt_bank([full.files[i] for i in (train_idx or val_idx)], args.crop_size, args.seed)
-        bank_source = f"clean gt images of the training set, shuffled, unpaired ({len(bank)} images)"
-    if is_main:
+        return bank, f"--hq_dir {args.hq_dir} ({len(bank)} images)"
+    bank = gt_bank(train_files, args.crop_size, args.seed)
+    return bank, f"clean gt images of the training set, shuffled, unpaired ({len(bank)} images)"
+
+
+def open_run_folder(args, folder, clip_info, bank_source, world):
+    """Create the run folder, write opt.json, open TensorBoard (rank 0 only) -> writer."""
+    for sub in (folder.ckpts, folder.imgs, folder.tensorboard):
+        os.makedirs(sub, exist_ok=True)
+    atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world},
+                      folder.opt_json)
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(folder.tensorboard)
+    for w in clip_info["warnings"]:
+        writer.add_text("warnings", w)
+    return writer
+
+
+def make_optimizer(stage, model, prompts, args):
+    """Adam over the stage's trainable part (prompt vectors in stage 2, the LRN otherwise) with a
+    cosine schedule over the stage's epochs."""
+    params = prompts.parameters() if stage == "prompt" else model.parameters()
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    n_epochs = args.stage_epochs[STAGES.index(stage)]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs))
+    return optimizer, scheduler
+
+
+# ----------------------------------------------------------------------------------------------
+# One batch, one epoch, validation
+
+def stage_step(s, stage, batch, train, global_step):
+    """One batch of a stage -> (weighted loss, its terms, reconstruction)."""
+    if stage == "prompt":
+        with torch.no_grad(), s.autocast():
+            recon = to_image(s.model(batch["voxel"]).float())
+        lq = torch.cat([recon, batch["tfp"], batch["tfi"]])
+        gen = torch.Generator().manual_seed(s.args.seed * 1000003 + global_step * 2 + int(train))
+        hq = hq_batch(s.bank, len(batch["label"]), gen, s.device)
+        with s.autocast():
+            loss, terms = s.losses.prompt(s.train_prompts() if train else s.prompts(), hq, lq)
+        return loss, terms, recon
+    with s.autocast():
+        out = (s.train_model if train else s.model)(batch["voxel"]).float()
+        if stage == "coarse":
+            loss, terms = s.losses.coarse(out, batch)
+        else:
+            with torch.no_grad():
+                prompt_features = s.prompts()
+            loss, terms = s.losses.fine(out, batch, prompt_features)
+    return loss, terms, out
+
+
+def train_one_epoch(s, stage, loader, optimizer, progress, desc):
+    """One pass over the training files -> mean of the loss and of each term."""
+    bar = tqdm(loader, desc=desc, disable=not s.is_main, leave=False)
+    sums, count = {}, 0
+    for batch in bar:
+        batch = to_device(batch, s.device)
+        loss, terms, _ = stage_step(s, stage, batch, True, progress.global_step)
+        optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(optimizer)
+        s.scaler.update()
+        progress.global_step += 1
+        count += 1
+        step_values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+        for k, v in step_values.items():   # summed on the device: no sync per step
+            sums[k] = sums[k] + v if k in sums else v
+        if count % LOG_EVERY == 0 or count == len(loader):
+            values = {k: float(v) for k, v in step_values.items()}   # one sync per LOG_EVERY steps
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"{stage} loss is {values['loss']} at step {progress.global_step}")
+            if s.is_main:
+                bar.set_postfix({k: f"{float(v) / count:.4f}" for k, v in sums.items()})
+                for k, v in values.items():
+                    s.writer.add_scalar(f"{stage}/train_{k}", v, progress.global_step)
+                s.writer.add_scalar(f"{stage}/lr", optimizer.param_groups[0]["lr"], progress.global_step)
+    return {k: float(v) / max(count, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def validate(s, stage, loader, global_step):
+    """The stage's own weighted loss on the held-out files (lower is better)
+    -> (score, (first batch, its reconstruction) for the image grid)."""
+    s.model.eval()
+    s.prompts.eval()
+    total, n, shown = 0.0, 0, None
+    for batch in loader:
+        batch = to_device(batch, s.device)
+        loss, _, out = stage_step(s, stage, batch, False, global_step)
+        total += float(loss) * len(batch["label"])
+        n += len(batch["label"])
+        if shown is None:
+            shown = (batch, out)
+    set_train_mode(s, stage)
+    return total / n, shown
+
+
+def set_train_mode(s, stage):
+    """Stage 2 trains only the prompts (the LRN's BN statistics stay put), stages 1/3 the LRN."""
+    s.model.train(stage != "prompt")
+    s.prompts.train(stage == "prompt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and the hand-over between stages
+
+def checkpoint(s, progress, optimizer, scheduler, val_score):
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": s.model.config(),
+            "model": s.model.state_dict(), "prompts": s.prompts.state_dict(),
+            "opt": vars(s.args), "clip": s.clip_info, "data_type": s.args.data_type,
+            "crop_size": s.args.crop_size, "stage": progress.stage, "epoch": progress.epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "early_stop": {"best": progress.best, "bad_epochs": progress.bad_epochs}, "rng": rng_state(),
+            "global_step": progress.global_step, "val_score": val_score, "history": progress.history}
+
+
+def save_epoch(s, progress, optimizer, scheduler, val_score, improved):
+    state = checkpoint(s, progress, optimizer, scheduler, val_score)
+    if improved:
+        atomic_torch_save(state, s.folder.best)
+    atomic_torch_save(state, s.folder.last)   # last, so a crash in between resumes safely
+
+
+def log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, shown):
+    epoch = progress.epoch   # 1-based: epochs done
+    s.writer.add_scalar(f"{stage}/val_score", val_score, progress.global_step)
+    if shown is not None:
+        import torchvision
+        grid = image_grid(*shown)
+        s.writer.add_image(f"{stage}/spikes_tfp_tfi_recon_gt", grid, progress.global_step)
+        torchvision.utils.save_image(grid, os.path.join(
+            s.folder.imgs, f"{progress.stage + 1}_{stage}_epoch{epoch:03d}.png"))
+    print(f"[{stage}] epoch {epoch}/{n_epochs}  train {train_means['loss']:.4f}  "
+          f"val {val_score:.4f}{'  (best)' if improved else ''}", flush=True)
+
+
+def hand_over(s, progress, optimizer, scheduler):
+    """End of a stage: with --early_stop, continue from the stage's best weights; then save the
+    next stage's starting point (stage + 1 at epoch 0; after the last stage: 'complete')."""
+    stage = STAGES[progress.stage]
+    if progress.stopped_early(s.args) and s.is_main:
+        print(f"[{stage}] early stop: no improvement for {s.args.patience} epochs")
+    if s.args.early_stop and os.path.exists(s.folder.best):
+        if s.world > 1:
+            dist.barrier()
+        best = load_checkpoint(s.folder.best)
+        if best["stage"] == progress.stage:
+            s.model.load_state_dict(best["model"])
+            s.prompts.load_state_dict(best["prompts"])
+    best_score = progress.best
+    progress.next_stage()
+    if s.is_main:
+        if progress.stage < len(STAGES):
+            optimizer, scheduler = make_optimizer(STAGES[progress.stage], s.model, s.prompts, s.args)
+        atomic_torch_save(checkpoint(s, progress, optimizer, scheduler, best_score), s.folder.last)
+
+
+def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
+    """Train one stage from progress.epoch to its last epoch (or until early stopping)."""
+    si = progress.stage
+    stage, n_epochs = STAGES[si], s.args.stage_epochs[si]
+    optimizer, scheduler = make_optimizer(stage, s.model, s.prompts, s.args)
+    if resume is not None:   # continue this stage's optimizer and schedule where they were
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        s.scaler.load_state_dict(resume["scaler"])
+    set_train_mode(s, stage)
+    while progress.epoch < n_epochs and not progress.stopped_early(s.args):
+        epoch = progress.epoch
+        sampler.set_epoch(si * 10000 + epoch)
+        train_means = train_one_epoch(s, stage, train_loader, optimizer, progress,
+                                      desc=f"{stage} {epoch + 1}/{n_epochs}")
+        scheduler.step()
+        val_score, shown = train_means["loss"], None
+        if val_loader is not None:
+            val_score, shown = validate(s, stage, val_loader, progress.global_step)
+        improved = progress.end_epoch(stage, epoch, val_score, train_means)
+        if s.is_main:
+            log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, shown)
+            save_epoch(s, progress, optimizer, scheduler, val_score, improved)
+        if s.world > 1:
+            dist.barrier()
+    hand_over(s, progress, optimizer, scheduler)
+
+
+def write_results_record(s, progress):
+    from results_tracker import append_record
+    args, info = s.args, s.clip_info
+    final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
+    record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
+              "checkpoint": s.folder.best, "arch": args.arch,
+              **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
+              "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
+                        "best_val_score": min(final, default=None),
+                        "hq_bank": s.bank_source, "world_size": s.world}}
+    append_record(record, os.path.join(os.getcwd(), "experiment_results.json"))
+
+
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = get_args(argv)
+    device, rank, world = setup_distributed(args.device)
+    folder = RunFolder(args.exp_root, args.exp_name)
+    args, resume = start_or_resume(args, folder)
+    if resume is not None and resume["stage"] >= len(STAGES):
+        print(f"{folder.root}: the run is already complete (all three stages)")
+        return 0
+    seed_everything(args.seed + rank)
+    amp_dtype = None
+    if device.type == "cuda" and not args.no_amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cudnn.benchmark = True
+
+    model = build_lrn(args, device)
+    full, train_idx, sampler, train_loader, val_loader = build_data(
+        args, model.input_channels, device, rank, world)
+    clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
+    if resume is None:
+        disable_random_clip_terms(args, clip_info, rank == 0)
+    guide = ClipGuide(clip_model, CLASS_NAMES[args.data_type], device)
+    prompts = QualityPrompts(clip_model, n_ctx=16, seed=args.seed).to(device)
+    bank, bank_source = build_hq_bank(args, [full.files[i] for i in train_idx])
+    if rank == 0:
         print(f"high-quality bank: {bank_source}")
 
-    # -- state (fresh or resumed) -----------------------------------------------------------------
-    history, stage_idx, start_epoch, global_step = [], 0, 0, 0
-    early = {"best": math.inf, "bad_epochs": 0}
-    if resume_ckpt is not None:
-        model.load_state_dict(model_from_checkpoint(resume_ckpt, last_path, args.backend,
+    progress = Progress()
+    if resume is not None:
+        model.load_state_dict(model_from_checkpoint(resume, folder.last, args.backend,
                                                     expect_config=model.config()).state_dict())
-        prompts.load_state_dict(resume_ckpt["prompts"])
-        stage_idx, start_epoch = resume_ckpt["stage"], resume_ckpt["epoch"]
-        global_step, early, history = resume_ckpt["global_step"], resume_ckpt["early_stop"], resume_ckpt["history"]
-        set_rng_state(resume_ckpt["rng"])
-        if is_main:
-            print(f"resuming {run_dir}: stage {STAGES[stage_idx]}, epoch {start_epoch}")
+        prompts.load_state_dict(resume["prompts"])
+        progress = Progress.from_checkpoint(resume)
+        set_rng_state(resume["rng"])
+        if rank == 0:
+            print(f"resuming {folder.root}: stage {STAGES[progress.stage]}, epoch {progress.epoch}")
     elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
         rmse = fit_linear_skip(model, train_loader, args.recon_target, device)
-        if is_main:
+        if rank == 0:
             print(f"linear skip: least-squares start against '{args.recon_target}' (RMSE {rmse:.4f} on "
                   f"{FIT_BATCHES} training batches); the spiking layers learn the residual")
+    writer = open_run_folder(args, folder, clip_info, bank_source, world) if rank == 0 else None
 
-    writer = None
-    if is_main:
-        for sub in ("ckpts", "imgs", "tensorboard"):
-            os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
-        atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world},
-                          os.path.join(run_dir, "opt.json"))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-        for w in clip_info["warnings"]:
-            writer.add_text("warnings", w)
-
-    lrn = DDP(model) if world > 1 else model
+    train_model = DDP(model) if world > 1 else model
     if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):
-        lrn = torch.compile(lrn)
-    prompt_net = DDP(prompts) if world > 1 else prompts
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        train_model = torch.compile(train_model)
+    s = Setup(args, device, rank, world, folder, model, train_model, prompts,
+              DDP(prompts) if world > 1 else prompts, StageLoss(args, guide), bank, bank_source,
+              clip_info, amp_dtype, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+              writer)
 
-    def checkpoint(stage, epoch, optimizer, scheduler, val_score):
-        return {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": model.config(),
-                "model": model.state_dict(), "prompts": prompts.state_dict(),
-                "opt": vars(args), "clip": clip_info, "data_type": args.data_type,
-                "crop_size": args.crop_size, "stage": stage, "epoch": epoch,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "early_stop": dict(early), "rng": rng_state(),
-                "global_step": global_step, "val_score": val_score, "history": history}
+    while progress.stage < len(STAGES):
+        run_stage(s, progress, train_loader, val_loader, sampler, resume)
+        resume = None   # only the stage the run stopped in continues an optimizer
 
-    def run_stage_step(stage, batch, train):
-        """One batch of a stage -> (weighted loss, its terms, output or None)."""
-        if stage == "prompt":
-            with torch.no_grad(), autocast():
-                recon = to_image(model(batch["voxel"]).float())
-            lq = torch.cat([recon, batch["tfp"], batch["tfi"]])
-            gen = torch.Generator().manual_seed(args.seed * 1000003 + global_step * 2 + int(train))
-            hq = hq_batch(bank, len(batch["label"]), gen, device)
-            with autocast():
-                loss, terms = losses.prompt(prompt_net() if train else prompts(), hq, lq)
-            return loss, terms, recon
-        net = lrn if train else model
-        with autocast():
-            out = net(batch["voxel"]).float()
-            if stage == "coarse":
-                loss, terms = losses.coarse(out, batch)
-            else:
-                with torch.no_grad():
-                    prompt_features = prompts()
-                loss, terms = losses.fine(out, batch, prompt_features)
-        return loss, terms, out
-
-    # -- the three stages -------------------------------------------------------------------------
-    for si in range(stage_idx, len(STAGES)):
-        stage, n_epochs = STAGES[si], args.stage_epochs[si]
-        optimizer, scheduler = make_optimizer(stage, model, prompts, args)
-        first_epoch = 0
-        if si == stage_idx and resume_ckpt is not None:
-            optimizer.load_state_dict(resume_ckpt["optimizer"])
-            scheduler.load_state_dict(resume_ckpt["scheduler"])
-            scaler.load_state_dict(resume_ckpt["scaler"])
-            first_epoch = start_epoch
-        model.train(stage != "prompt")
-        prompts.train(stage == "prompt")
-        for epoch in range(first_epoch, n_epochs):
-            if early["bad_epochs"] >= args.patience and args.early_stop:
-                break
-            sampler.set_epoch(si * 10000 + epoch)
-            bar = tqdm(train_loader, desc=f"{stage} {epoch + 1}/{n_epochs}", disable=not is_main, leave=False)
-            sums, count = {}, 0
-            for batch in bar:
-                batch = to_device(batch, device)
-                loss, terms, out = run_stage_step(stage, batch, train=True)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                global_step += 1
-                count += 1
-                step_values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
-                for k, v in step_values.items():   # summed on the device: no sync per step
-                    sums[k] = sums[k] + v if k in sums else v
-                if count % LOG_EVERY == 0 or count == len(train_loader):
-                    values = {k: float(v) for k, v in step_values.items()}   # one sync per LOG_EVERY steps
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"{stage} loss is {values['loss']} at step {global_step}")
-                    if is_main:
-                        bar.set_postfix({k: f"{float(v) / count:.4f}" for k, v in sums.items()})
-                        for k, v in values.items():
-                            writer.add_scalar(f"{stage}/train_{k}", v, global_step)
-                        writer.add_scalar(f"{stage}/lr", optimizer.param_groups[0]["lr"], global_step)
-            scheduler.step()
-            train_means = {k: float(v) / max(count, 1) for k, v in sums.items()}
-
-            # validation score: the stage's own loss on the held-out files (lower is better)
-            val_score, grid_batch = train_means["loss"], None
-            if val_loader is not None:
-                model.eval()
-                prompts.eval()
-                total, n = 0.0, 0
-                with torch.no_grad():
-                    for batch in val_loader:
-                        batch = to_device(batch, device)
-                        loss, _, out = run_stage_step(stage, batch, train=False)
-                        total += float(loss) * len(batch["label"])
-                        n += len(batch["label"])
-                        if grid_batch is None:
-                            grid_batch = (batch, out)
-                val_score = total / n
-                model.train(stage != "prompt")
-                prompts.train(stage == "prompt")
-            improved = val_score < early["best"]
-            early = {"best": min(val_score, early["best"]), "bad_epochs": 0 if improved else early["bad_epochs"] + 1}
-            history.append({"stage": stage, "epoch": epoch, "val_score": val_score, **{f"train_{k}": v for k, v in train_means.items()}})
-            if is_main:
-                writer.add_scalar(f"{stage}/val_score", val_score, global_step)
-                if grid_batch is not None:
-                    grid = image_grid(*grid_batch)
-                    writer.add_image(f"{stage}/spikes_tfp_tfi_recon_gt", grid, global_step)
-                    import torchvision
-                    torchvision.utils.save_image(grid, os.path.join(run_dir, "imgs", f"{si + 1}_{stage}_epoch{epoch + 1:03d}.png"))
-                state = checkpoint(si, epoch + 1, optimizer, scheduler, val_score)
-                if improved:
-                    atomic_torch_save(state, os.path.join(ckpt_dir, "checkpoint_best.pth"))
-                atomic_torch_save(state, last_path)   # last, so a crash in between resumes safely
-                print(f"[{stage}] epoch {epoch + 1}/{n_epochs}  train {train_means['loss']:.4f}  "
-                      f"val {val_score:.4f}{'  (best)' if improved else ''}", flush=True)
-            if world > 1:
-                dist.barrier()
-        if args.early_stop and early["bad_epochs"] >= args.patience and is_main:
-            print(f"[{stage}] early stop: no improvement for {args.patience} epochs")
-        if args.early_stop and os.path.exists(os.path.join(ckpt_dir, "checkpoint_best.pth")):
-            # continue from the best weights of this stage
-            if world > 1:
-                dist.barrier()
-            best = load_checkpoint(os.path.join(ckpt_dir, "checkpoint_best.pth"))
-            if best["stage"] == si:
-                model.load_state_dict(best["model"])
-                prompts.load_state_dict(best["prompts"])
-        # the next stage starts at its epoch 0 with fresh early-stopping state
-        if is_main:
-            # the hand-over checkpoint: stage si+1 at epoch 0 (or, after the last stage, "complete")
-            next_opt = (make_optimizer(STAGES[si + 1], model, prompts, args) if si + 1 < len(STAGES)
-                        else (optimizer, scheduler))
-            state = checkpoint(si + 1, 0, *next_opt, early["best"])
-            state["early_stop"] = {"best": math.inf, "bad_epochs": 0}
-            atomic_torch_save(state, last_path)
-        early = {"best": math.inf, "bad_epochs": 0}
-        stage_idx, resume_ckpt = si + 1, None
-
-    if is_main:
-        from results_tracker import append_record
-        record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
-                  "checkpoint": os.path.join(ckpt_dir, "checkpoint_best.pth"), "arch": args.arch,
-                  **{k: clip_info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
-                  "train": {"stage_epochs": args.stage_epochs, "history": history,
-                            "best_val_score": min((h["val_score"] for h in history if h["stage"] == STAGES[-1]), default=None),
-                            "hq_bank": bank_source, "world_size": world}}
-        append_record(record, os.path.join(os.getcwd(), "experiment_results.json"))
+    if rank == 0:
+        write_results_record(s, progress)
         writer.close()
-        print(f"done: {run_dir}")
+        print(f"done: {folder.root}")
     if world > 1:
         dist.destroy_process_group()
     return 0
