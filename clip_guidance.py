@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import open_clip
 
 from dataset import prompt_name
+from utils import InputError
 
 # CLIP's RGB mean/std collapsed to one luminance-weighted statistic for grey images
 GREY_MEAN, GREY_STD = 0.459236, 0.175973
@@ -28,8 +29,8 @@ RANDOM_INIT_WARNING = ("CLIP weights: none (random init). CLIP losses and zero-s
                        "from this run are NOT semantic results.")
 
 
-class ClipWeightsError(RuntimeError):
-    pass
+class ClipWeightsError(InputError, RuntimeError):
+    """The CLIP model or weights asked for cannot be had."""
 
 
 def _create(model_name, pretrained, cache_dir):

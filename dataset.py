@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils import atomic_write, tfi_from_interval, tfi_interval, tfp_from_counts
+from utils import InputError, atomic_write, tfi_from_interval, tfi_interval, tfp_from_counts
 
 # Index -> class name, in the label order of the UHSR files (not torchvision's order).
 UCIFAR_CLASSES = ["frog", "horse", "dog", "truck", "airplane", "automobile", "bird", "ship",
@@ -61,7 +61,7 @@ UHSR_BINS = 50      # voxel bins the LRN takes per time step
 CROP_SIZE = 224     # UHSR loader crop (250 -> 224, offset 13)
 
 
-class SpikeDataError(ValueError):
+class SpikeDataError(InputError, ValueError):
     """A spike file is unreadable, truncated or not what the reader expects."""
 
 

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 import snntorch as snn
 from snntorch import surrogate
 
+from utils import InputError
+
 LRN_CHANNELS = (64, 128, 64, 16)
 
 
@@ -356,8 +358,8 @@ def to_image(out):
 CHECKPOINT_FORMAT = "spikeclip-snn-checkpoint"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(InputError, RuntimeError):
+    """A checkpoint file is missing, unreadable, foreign or for another network or run."""
 
 
 def load_checkpoint(path, map_location="cpu"):

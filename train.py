@@ -15,10 +15,12 @@ is better); it drives --early_stop and checkpoint_best.pth.
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import random
 import sys
+import uuid
 
 import numpy as np
 import torch
@@ -35,16 +37,14 @@ from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRData
 from generate_synthetic_data import LIGHT, SimulatedStreams
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, load_checkpoint,
                     model_from_checkpoint, to_image)
-from utils import atomic_torch_save, atomic_write_json, pick_device, seed_everything
+from utils import InputError, atomic_torch_save, atomic_write_json, pick_device, report_input_error, seed_everything
 
 STAGES = ("coarse", "prompt", "fine")
-ARCH_OPTIONS = ("arch", "time_steps", "encoding", "beta", "threshold", "surrogate", "linear_skip",
-                "data_type", "crop_size")
 HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
 LOG_EVERY = 10       # steps between progress-bar / TensorBoard updates (each one syncs the GPU)
 
 
-def get_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_root", default="data")
@@ -109,8 +109,11 @@ def get_args(argv=None):
     g = p.add_argument_group("run")
     g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
-    g.add_argument("--resume", action="store_true", help="continue exp/<exp_name> from checkpoint_last.pth "
-                                                         "with its saved options")
+    g.add_argument("--resume", action="store_true",
+                   help="continue exp/<exp_name> from checkpoint_last.pth with the run's options; typed "
+                        "options that say how to run (--data_root, --num_workers, --device, --backend, "
+                        "--no_amp, --compile, --cache) or the schedule (--epochs*, --early_stop, --patience) "
+                        "replace the run's, any other typed option must equal the run's")
     g.add_argument("--early_stop", action="store_true", help="end a stage when the validation score "
                                                              "has not improved for --patience epochs")
     g.add_argument("--patience", type=int, default=3)
@@ -119,9 +122,17 @@ def get_args(argv=None):
     g.add_argument("--no_amp", action="store_true", help="disable mixed precision on CUDA")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the training forward (auto: on CUDA; on the CPU it costs more than it saves)")
+    return p
+
+
+def get_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    args.stage_epochs = stage_epochs(args, p)
     args.explicit = typed_options(p, argv)
+    try:   # a resumed run's epochs are settled against the run's own in resume_args()
+        args.stage_epochs = None if args.resume else stage_epochs(args)
+    except InputError as e:
+        p.error(str(e))
     return args
 
 
@@ -139,20 +150,23 @@ def typed_options(parser, argv):
     return sorted(vars(typed))
 
 
-def stage_epochs(args, parser):
-    """Epochs of (coarse, prompt, fine): the explicit ones, or --epochs split 40/20/40."""
+def stage_epochs(args, run_epochs=None):
+    """Epochs of (coarse, prompt, fine). A new run: the explicit --epochs_*, or --epochs split
+    40/20/40. A resumed run: its own (run_epochs), or the split of a typed --epochs, with each
+    typed --epochs_* in its stage's place."""
     given = [args.epochs_coarse, args.epochs_prompt, args.epochs_fine]
-    if all(e is None for e in given):
-        if args.epochs < 3:
-            parser.error("--epochs must be >= 3 (one per stage), or give --epochs_coarse/prompt/fine")
+    if run_epochs is None and None in given and given != [None] * 3:
+        raise InputError("give all of --epochs_coarse, --epochs_prompt, --epochs_fine (or none)")
+    if run_epochs is None or "epochs" in args.explicit:
+        if args.epochs < 3 and None in given:
+            raise InputError("--epochs must be >= 3 (one per stage), or give --epochs_coarse/prompt/fine")
         prompt = max(1, round(args.epochs * 0.2))
         coarse = max(1, round((args.epochs - prompt) / 2))
-        return [coarse, prompt, args.epochs - prompt - coarse]
-    if any(e is None for e in given):
-        parser.error("give all of --epochs_coarse, --epochs_prompt, --epochs_fine (or none)")
-    if any(e < 0 for e in given) or sum(given) == 0:
-        parser.error("stage epochs must be >= 0 and not all 0")
-    return given
+        run_epochs = [coarse, prompt, args.epochs - prompt - coarse]
+    epochs = [g if g is not None else e for g, e in zip(given, run_epochs)]
+    if any(e < 0 for e in epochs) or sum(epochs) == 0:
+        raise InputError("stage epochs must be >= 0 and not all 0")
+    return epochs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +216,7 @@ def load_image_folder(folder, size, limit=HQ_BANK_SIZE, seed=0):
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.lower().endswith(exts))
     if not paths:
-        raise SystemExit(f"--hq_dir {folder}: no images found")
+        raise InputError(f"--hq_dir {folder}: no images found")
     random.Random(seed).shuffle(paths)
     images = []
     for path in paths[:limit]:
@@ -210,7 +224,7 @@ def load_image_folder(folder, size, limit=HQ_BANK_SIZE, seed=0):
             with Image.open(path) as img:
                 img = img.convert("L")
         except OSError as e:
-            raise SystemExit(f"--hq_dir: cannot read {path}: {e}")
+            raise InputError(f"--hq_dir: cannot read {path}: {e}")
         w, h = img.size
         s = size / min(w, h)
         img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
@@ -228,7 +242,7 @@ def gt_bank(files, size, seed, limit=HQ_BANK_SIZE):
         if gt is not None:
             images.append(torch.from_numpy(center_crop(gt, size, files[i]).astype(np.float32) / 255.0)[None])
     if not images:
-        raise SystemExit("the training data has no gt images and no --hq_dir was given: the quality "
+        raise InputError("the training data has no gt images and no --hq_dir was given: the quality "
                          "prompts (stages 2 and 3) need a bank of high-quality images")
     return torch.stack(images)
 
@@ -394,6 +408,15 @@ class RunFolder:
         self.imgs = os.path.join(self.root, "imgs")
         self.tensorboard = os.path.join(self.root, "tensorboard")
 
+    def remove_stale_temp_files(self):
+        """A run killed while writing leaves `<file>.<random>.tmp` (utils.atomic_write): remove
+        those of this folder's own files, nothing else."""
+        for path in (self.last, self.best, self.opt_json):
+            folder, name = os.path.split(path)
+            for f in os.listdir(folder):
+                if f.startswith(name + ".") and f.endswith(".tmp"):
+                    os.remove(os.path.join(folder, f))
+
 
 @dataclasses.dataclass
 class Progress:
@@ -458,23 +481,83 @@ class Setup:
 # ----------------------------------------------------------------------------------------------
 # Build: resume state, data, networks, the high-quality bank
 
+# --resume: options that say how to run, and the schedule, may change; nothing else may.
+RUN_OPTIONS = ("data_root", "num_workers", "device", "backend", "no_amp", "compile", "cache",
+               "exp_root", "exp_name", "resume")
+SCHEDULE_OPTIONS = ("epochs", "epochs_coarse", "epochs_prompt", "epochs_fine", "early_stop", "patience")
+
+
 def start_or_resume(args, folder):
-    """-> (args to train with, checkpoint to resume from or None)."""
+    """-> (the options to train with, the checkpoint to resume from or None)."""
     if not args.resume:
         if os.path.exists(folder.last):
-            raise SystemExit(f"{folder.root} already holds a run: pass --resume to continue it, "
+            raise InputError(f"{folder.root} already holds a run: pass --resume to continue it, "
                              f"or choose another --exp_name")
+        args.run_id = uuid.uuid4().hex   # ties the folder's opt.json and checkpoints to this run
         return args, None
     ckpt = load_checkpoint(folder.last)
-    saved = ckpt["opt"]
-    conflicts = [k for k in ARCH_OPTIONS if k in args.explicit and getattr(args, k) != saved.get(k)]
-    if conflicts:
-        raise CheckpointError(
-            f"{folder.last}: checkpoint is from another architecture: " + ", ".join(
-                f"--{k} {getattr(args, k)} requested, the run has {saved.get(k)}" for k in conflicts))
-    for key in ("resume", "device", "num_workers", "explicit", "compile", "cache"):   # how to run, not what to run
-        saved[key] = getattr(args, key)
-    return argparse.Namespace(**saved), ckpt
+    check_same_run(folder, ckpt)
+    return resume_args(args, ckpt, folder.last), ckpt
+
+
+def check_same_run(folder, ckpt):
+    """Refuse a checkpoint_last.pth that is not this folder's run (e.g. copied from another run
+    folder): resuming it would overwrite the folder's opt.json and checkpoint_best.pth."""
+    try:
+        with open(folder.opt_json) as f:
+            folder_opt = json.load(f)["opt"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder.opt_json}: cannot read the run's options ({type(e).__name__}: {e}); "
+                              f"without them {folder.last} cannot be checked to belong to this run") from e
+    ckpt_opt = ckpt.get("opt") or {}
+    if "run_id" in folder_opt and "run_id" in ckpt_opt:
+        if folder_opt["run_id"] != ckpt_opt["run_id"]:
+            raise CheckpointError(
+                f"{folder.last}: belongs to another run (run {ckpt_opt['run_id'][:8]}, "
+                f"exp_name {ckpt_opt.get('exp_name')!r}) than {folder.opt_json} (run {folder_opt['run_id'][:8]}); "
+                f"was it copied from another run folder?")
+        return
+    # runs started before run ids existed: their options must agree
+    fixed = sorted(k for k in set(folder_opt) | set(ckpt_opt)
+                   if k not in RUN_OPTIONS + SCHEDULE_OPTIONS + ("explicit", "stage_epochs"))
+    differ = [k for k in fixed if folder_opt.get(k) != ckpt_opt.get(k)]
+    if differ:
+        raise CheckpointError(f"{folder.last}: its options disagree with {folder.opt_json} ("
+                              + ", ".join(f"{k}: {ckpt_opt.get(k)!r} vs {folder_opt.get(k)!r}" for k in differ)
+                              + "); was it copied from another run folder?")
+
+
+def resume_args(args, ckpt, path):
+    """The options a resumed run trains with: the run's own, with the typed RUN_OPTIONS and
+    SCHEDULE_OPTIONS in their place. Any other typed option that differs is refused, never
+    ignored; so are schedules that would change a stage already finished."""
+    saved, defaults = ckpt["opt"], build_parser()
+    changeable = RUN_OPTIONS + SCHEDULE_OPTIONS
+    differ = [k for k in args.explicit
+              if k not in changeable and getattr(args, k) != saved.get(k, defaults.get_default(k))]
+    if differ:
+        raise InputError(f"{path}: --resume continues the run with the options it was started with; "
+                         + ", ".join(f"--{k} {getattr(args, k)} (the run has {saved.get(k, defaults.get_default(k))})"
+                                     for k in differ)
+                         + " would change it: start a new --exp_name instead")
+    merged = {**vars(args), **{k: v for k, v in saved.items() if k not in args.explicit}}
+    merged["explicit"] = args.explicit
+    new_epochs = stage_epochs(argparse.Namespace(**merged), saved["stage_epochs"])
+    stage, done = ckpt["stage"], ckpt["epoch"]
+    for i, (new, old) in enumerate(zip(new_epochs, saved["stage_epochs"])):
+        if i < stage and new != old:
+            raise InputError(f"{path}: stage {STAGES[i]} is finished ({old} epochs), it cannot have {new}; "
+                             f"only the current stage and the ones after it can change")
+        if i == stage and new < done:
+            raise InputError(f"{path}: stage {STAGES[i]} has already run {done} epochs, it cannot have {new}")
+    changed = [f"--{k} {merged[k]} (was {saved.get(k)})" for k in RUN_OPTIONS + ("early_stop", "patience")
+               if k in args.explicit and k != "resume" and merged[k] != saved.get(k)]
+    if new_epochs != saved["stage_epochs"]:
+        changed.append(f"stage epochs {new_epochs} (was {saved['stage_epochs']})")
+    if changed and int(os.environ.get("RANK", "0")) == 0:
+        print("resuming with " + ", ".join(changed))
+    merged["stage_epochs"] = new_epochs
+    return argparse.Namespace(**merged)
 
 
 def build_lrn(args, device):
@@ -483,9 +566,9 @@ def build_lrn(args, device):
                            args.surrogate, args.backend, linear_skip=args.linear_skip)
     else:
         if args.encoding == "temporal":
-            raise SystemExit("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
+            raise InputError("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
         if args.linear_skip:
-            raise SystemExit("--linear_skip is an SNN option; --arch ann is the original plain CNN")
+            raise InputError("--linear_skip is an SNN option; --arch ann is the original plain CNN")
         model = PlainLRN(UHSR_BINS)
     if args.linear_skip:
         # fitted in closed form before training (fit_linear_skip), then fixed: Adam's steps of
@@ -521,7 +604,7 @@ def build_data(args, bins, device, rank, world):
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw) if val_idx else None
     if args.recon_target == "gt" and not args.simulate_from and not full[train_idx[0]]["has_gt"]:
-        raise SystemExit(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
+        raise InputError(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
     return full, train_idx or val_idx, sampler, train_loader, val_loader
 
 
@@ -538,6 +621,7 @@ def open_run_folder(args, folder, clip_info, bank_source, world):
     """Create the run folder, write opt.json, open TensorBoard (rank 0 only) -> writer."""
     for sub in (folder.ckpts, folder.imgs, folder.tensorboard):
         os.makedirs(sub, exist_ok=True)
+    folder.remove_stale_temp_files()
     atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world},
                       folder.opt_json)
     from torch.utils.tensorboard import SummaryWriter
@@ -697,6 +781,7 @@ def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
     if resume is not None:   # continue this stage's optimizer and schedule where they were
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        scheduler.T_max = max(1, n_epochs)   # --resume with more epochs: the cosine stretches from here
         s.scaler.load_state_dict(resume["scaler"])
     set_train_mode(s, stage)
     while progress.epoch < n_epochs and not progress.stopped_early(s.args):
@@ -734,6 +819,13 @@ def write_results_record(s, progress):
 
 def main(argv=None):
     args = get_args(argv)
+    try:
+        return train(args)
+    except InputError as e:
+        return report_input_error(e)
+
+
+def train(args):
     device, rank, world = setup_distributed(args.device)
     folder = RunFolder(args.exp_root, args.exp_name)
     args, resume = start_or_resume(args, folder)

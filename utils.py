@@ -1,11 +1,25 @@
-"""Small shared helpers: the TFP/TFI baselines (SPEC §6), atomic file writes, seeding."""
+"""Small shared helpers: the error type users can act on, the TFP/TFI baselines (SPEC §6),
+atomic file writes, seeding, device choice."""
 import json
 import os
 import random
+import sys
 import tempfile
 
 import numpy as np
 import torch
+
+
+class InputError(Exception):
+    """Bad input the user can fix (a file, a flag, a folder): every entry point prints it as one
+    line, `error: <message naming the file or flag>`, and exits with status 2, no traceback.
+    The project's specific errors (SpikeDataError, CheckpointError, ...) derive from it."""
+
+
+def report_input_error(e):
+    """Print an InputError the way every entry point does -> exit status 2."""
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 # ----------------------------------------------------------------------------------------------

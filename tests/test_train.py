@@ -11,7 +11,7 @@ import generate_synthetic_data
 import train
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import UCIFAR_CLASSES
-from models import CheckpointError, SpikingLRN
+from models import SpikingLRN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none", "--num_workers", "0",
@@ -88,15 +88,94 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
     assert [h["val_score"] for h in b["history"]] == [h["val_score"] for h in a["history"]]
 
 
-def test_rerun_without_resume_and_wrong_architecture_are_refused(tmp_path, data_root, monkeypatch):
+def test_rerun_without_resume_and_wrong_architecture_are_refused(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run(tmp_path, data_root, "arch", "--epochs", "3") == 0
-    with pytest.raises(SystemExit, match="--resume"):
-        run(tmp_path, data_root, "arch", "--epochs", "3")
-    with pytest.raises(CheckpointError, match="another architecture"):
-        run(tmp_path, data_root, "arch", "--resume", "--arch", "ann")
-    with pytest.raises(CheckpointError, match="time_steps"):
-        run(tmp_path, data_root, "arch", "--resume", "--time_steps", "4")
+    capsys.readouterr()
+    assert run(tmp_path, data_root, "arch", "--epochs", "3") == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert run(tmp_path, data_root, "arch", "--resume", "--arch", "ann") == 2
+    err = capsys.readouterr().err
+    assert "--arch ann (the run has snn)" in err and len(err.strip().splitlines()) == 1
+    assert run(tmp_path, data_root, "arch", "--resume", "--time_steps", "4") == 2
+    assert "--time_steps 4 (the run has 2)" in capsys.readouterr().err
+
+
+def interrupted_run(tmp_path, data_root, monkeypatch, name, *extra, after=1):
+    """A run killed right after its `after`-th checkpoint_last.pth write."""
+    saves = {"n": 0}
+    real_save = train.atomic_torch_save
+
+    def crash(obj, path):
+        real_save(obj, path)
+        if path.endswith("checkpoint_last.pth"):
+            saves["n"] += 1
+            if saves["n"] == after:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "atomic_torch_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, data_root, name, *extra)
+    monkeypatch.setattr(train, "atomic_torch_save", real_save)
+    return tmp_path / "exp" / name
+
+
+def test_resume_applies_or_refuses_typed_options_never_ignores_them(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = interrupted_run(tmp_path, data_root, monkeypatch, "typed",
+                              "--epochs_coarse", "2", "--epochs_prompt", "1", "--epochs_fine", "1")
+    # what to train: refused with a message, the run left as it was
+    before = (run_dir / "ckpts" / "checkpoint_last.pth").read_bytes()
+    capsys.readouterr()
+    assert run(tmp_path, data_root, "typed", "--resume", "--lr", "0.001") == 2
+    assert "--lr 0.001 (the run has 0.0001)" in capsys.readouterr().err
+    assert (run_dir / "ckpts" / "checkpoint_last.pth").read_bytes() == before
+    # a finished stage's epochs cannot change, the current one cannot shrink below what it ran
+    assert run(tmp_path, data_root, "typed", "--resume", "--epochs_coarse", "0") == 2
+    assert "has already run 1 epochs" in capsys.readouterr().err
+    # how to run and more epochs: applied, and said
+    assert run(tmp_path, data_root, "typed", "--resume", "--backend", "snntorch", "--epochs_fine", "2",
+               "--lr", "0.0001") == 0
+    assert "--backend snntorch (was fast)" in capsys.readouterr().out
+    ckpt = load(run_dir / "ckpts" / "checkpoint_last.pth")
+    assert ckpt["opt"]["backend"] == "snntorch" and ckpt["opt"]["stage_epochs"] == [2, 1, 2]
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 2 + ["prompt"] + ["fine"] * 2
+    # the run is complete: more epochs of a finished stage are refused, not ignored
+    assert run(tmp_path, data_root, "typed", "--resume", "--epochs_fine", "3") == 2
+    assert "stage fine is finished" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    snn = interrupted_run(tmp_path, data_root, monkeypatch, "snn", "--epochs", "3")
+    ann = interrupted_run(tmp_path, data_root, monkeypatch, "ann", "--epochs", "3", "--arch", "ann")
+    own = (snn / "ckpts" / "checkpoint_last.pth").read_bytes()
+    (snn / "ckpts" / "checkpoint_last.pth").write_bytes((ann / "ckpts" / "checkpoint_last.pth").read_bytes())
+    kept = {f: (snn / f).read_bytes() for f in ("opt.json", "ckpts/checkpoint_best.pth")}
+    capsys.readouterr()
+    assert run(tmp_path, data_root, "snn", "--resume") == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert {f: (snn / f).read_bytes() for f in kept} == kept          # nothing overwritten
+    # a run from before run ids: the options must agree
+    foreign = load(snn / "ckpts" / "checkpoint_last.pth")
+    del foreign["opt"]["run_id"]
+    torch.save(foreign, snn / "ckpts" / "checkpoint_last.pth")
+    opt = json.loads((snn / "opt.json").read_text())
+    del opt["opt"]["run_id"]
+    (snn / "opt.json").write_text(json.dumps(opt))
+    assert run(tmp_path, data_root, "snn", "--resume") == 2
+    assert "arch: 'ann' vs 'snn'" in capsys.readouterr().err
+    # its own checkpoint resumes, and a temp file left by a killed write is cleaned up
+    (snn / "ckpts" / "checkpoint_last.pth").write_bytes(own)
+    (snn / "opt.json").write_bytes(kept["opt.json"])
+    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = snn / "ckpts" / "notes.tmp"
+    unrelated.write_bytes(b"the user's")
+    assert run(tmp_path, data_root, "snn", "--resume") == 0
+    assert not stale.exists() and unrelated.exists()
+    records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
+    assert [r["run_name"] for r in records] == ["snn"]
 
 
 def test_gradient_reaches_the_prompt_vectors_only_in_stage_2():
