@@ -113,9 +113,7 @@ def write_dat(path, spk):
     if (h * w) % 8:
         raise SpikeDataError(f"{path}: H*W = {h * w} is not a multiple of 8, cannot pack frames")
     packed = np.packbits(spk[:, ::-1].reshape(t, h * w), axis=1, bitorder="little")
-    tmp = f"{path}.tmp"
-    packed.tofile(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, packed.tofile)
 
 
 # ----------------------------------------------------------------------------------------------

