@@ -99,7 +99,7 @@ def test_metric_latency_uses_benchmark_records():
         return {"run_name": name, "kind": "benchmark", "dataset": "U-CIFAR",
                 "benchmark": {"latency_ms": {"median": median}}}
     best, _ = best_names([bench("slow", 9.0), bench("fast", 2.0), evaluate("eval_only", top1=1)],
-                         metric="latency")
+                         metric="latency_ms")
     assert best == {"fast"}
 
 
@@ -206,6 +206,17 @@ def test_compare_accuracy_with_random_clip_names_no_winner(results, capsys):
     _, out, _ = cli(capsys, "--file", results, "--compare", "real", "rand", "--format", "json")
     fields = {f["field"]: f for f in json.loads(out)["fields"]}
     assert fields["metrics.snn.top1"]["better"] is None
+
+
+def test_compare_a_lower_validation_loss_is_better(results, capsys):
+    for name, score in (("a", 0.5), ("b", 0.3)):
+        rt.append_record({"run_name": name, "kind": "train", "dataset": "U-CIFAR",
+                          "train": {"stage_epochs": [1, 1, 1], "best_val_score": score,
+                                    "history": [{"stage": "fine", "epoch": 0, "val_score": score}]}}, results)
+    _, out, _ = cli(capsys, "--file", results, "--compare", "a", "b", "--format", "json")
+    fields = {f["field"]: f for f in json.loads(out)["fields"]}
+    assert fields["train.best_val_score"]["better"] == "B"     # a loss: lower is better
+    assert fields["train.history"]["a"] == "1 entries"
 
 
 def test_compare_unknown_run(two_runs, capsys):
