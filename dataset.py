@@ -7,6 +7,7 @@ Conventions (SPEC §2):
 - the UHSR loader crops the centre 224x224 of the 250x250 frames ([:, 13:237, 13:237]) and bins
   200 frames into 50 bins of 4 frames each (counts 0..4, not normalised).
 """
+import argparse
 import functools
 import json
 import multiprocessing
@@ -43,6 +44,9 @@ UCALTECH_CLASSES = [
     "yinyang", "background"]
 CLASS_NAMES = {"CIFAR": UCIFAR_CLASSES, "CALTECH": UCALTECH_CLASSES}
 DATASET_DIRS = {"CIFAR": "U-CIFAR", "CALTECH": "U-CALTECH"}
+# The --dataset vocabulary of every script: cifar | caltech, and both where a script can handle
+# two (generate_synthetic_data.py, fetch_data.py). Inside, a data type is "CIFAR" or "CALTECH".
+DATASET_CHOICES = {"cifar": ["CIFAR"], "caltech": ["CALTECH"], "both": ["CIFAR", "CALTECH"]}
 
 # Readable forms for CLIP prompts ("image of a ceiling fan" reads better than "ceilingfan").
 _PROMPT_NAMES = {
@@ -63,6 +67,15 @@ CROP_SIZE = 224     # UHSR loader crop (250 -> 224, offset 13)
 
 class SpikeDataError(InputError, ValueError):
     """A spike file is unreadable, truncated or not what the reader expects."""
+
+
+def one_dataset(text):
+    """argparse type of --dataset (and its older spelling --data_type): cifar | caltech, in any
+    case, with or without the U- prefix -> the data type, "CIFAR" or "CALTECH"."""
+    key = text.upper().removeprefix("U-")
+    if key not in CLASS_NAMES:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose cifar or caltech")
+    return key
 
 
 def prompt_name(class_name):
@@ -141,10 +154,14 @@ def check_spikes(spk, path, min_frames=1):
 
 
 def _open_npz(path):
-    f = np.load(path, allow_pickle=False)
-    if not isinstance(f, np.lib.npyio.NpzFile):
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
         raise SpikeDataError(f"{path}: not an .npz archive (a bare .npy under an .npz name?)")
-    return f
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):   # else numpy takes it for a pickle
+        raise SpikeDataError(f"{path}: not a valid .npz file (an .npz is a zip archive; this one "
+                             f"{'is empty' if not magic else 'does not start like one'})")
+    return np.load(path, allow_pickle=False)
 
 
 def load_npz(path, num_classes=None, with_gt=False):
@@ -513,13 +530,13 @@ class UHSRDataset(Dataset):
         self.with_baselines, self.augment = with_baselines, augment
         if files is None:
             if not os.path.isdir(self.root):
-                raise FileNotFoundError(
+                raise SpikeDataError(
                     f"{self.root}: no such folder. Generate data with generate_synthetic_data.py "
                     f"or organise UHSR archives with fetch_data.py")
             files = [f for f in os.listdir(self.root) if f.endswith(".npz")]
             files = [os.path.join(self.root, f) for f in sorted(files, key=numeric_sort_key)]
         if not files:
-            raise FileNotFoundError(f"{self.root}: no .npz files")
+            raise SpikeDataError(f"{self.root}: no .npz files")
         self.files = list(files)
         self.cache = self._open_cache(cache_path) if cache_path else None
 

@@ -18,15 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clip_guidance import ClipGuide, ClipWeightsError, load_clip
-from dataset import (CLASS_NAMES, UHSR_BINS, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window,
+from clip_guidance import ClipGuide, load_clip
+from dataset import (CLASS_NAMES, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window, one_dataset,
                      read_dat, voxelize)
-from metrics import NoReferenceIQA, psnr, ssim
-from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
-from results_tracker import RESULTS_FILE, append_record
-from utils import atomic_write, pick_device, tfi, tfp
-
-NIQE_MIN_SIDE = 96   # NIQE works on 96-px blocks: smaller images have none
+from metrics import NoReferenceIQA, no_reference_names, psnr, ssim
+from models import load_checkpoint, model_from_checkpoint, to_image
+from results_tracker import RESULTS_FILE, append_record, check_results_file
+from utils import (InputError, atomic_write, comparison_grid, non_negative_int, pick_device, positive_float,
+                   positive_int, report_input_error, tfi, tfp)
 
 
 def experiment_name(checkpoint_path):
@@ -49,30 +48,32 @@ def clip_spec_from_checkpoint(ckpt):
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data_type", choices=sorted(CLASS_NAMES), help="default: the checkpoint's")
+    p.add_argument("--dataset", "--data_type", dest="data_type", type=one_dataset, metavar="{cifar,caltech}",
+                   help="class set and folder of the data (default: the checkpoint's)")
     p.add_argument("--data_root", default="data")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--exp_name", help="results go to exp/<exp_name>/ (default: the checkpoint's run folder)")
     p.add_argument("--exp_root", default="exp")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--crop_size", type=int, help="default: the checkpoint's (the LRN is fully convolutional)")
+    p.add_argument("--batch_size", type=positive_int, default=8)
+    p.add_argument("--crop_size", type=positive_int,
+                   help="default: the checkpoint's (the LRN is fully convolutional)")
     p.add_argument("--clip_model", help="default: the checkpoint's")
     p.add_argument("--clip_pretrained", help="default: the weights the checkpoint was trained with")
     p.add_argument("--backend", choices=["fast", "snntorch"], default="fast")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--num_workers", type=non_negative_int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
                    help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "
                         "data side's bottleneck, so use all spare cores")
-    p.add_argument("--num_grid", type=int, default=8, help="samples shown in the image grid")
+    p.add_argument("--num_grid", type=non_negative_int, default=8, help="samples shown in the image grid")
     p.add_argument("--results_file", default=RESULTS_FILE)
     g = p.add_argument_group("one raw stream instead of a dataset (e.g. a REDS_BASE .dat/.png pair)")
     g.add_argument("--dat", help="a Vidar .dat stream: score its centre window instead of --data_root")
     g.add_argument("--gt", help="ground-truth image (grey or colour) of the stream's centre frame")
-    g.add_argument("--height", type=int, default=250)
-    g.add_argument("--width", type=int, default=400)
-    g.add_argument("--rate", type=float, help="photo-electric rate: TFP/TFI = estimate / rate "
-                                              "(REDS_BASE: 0.6); default: normalised to the 99.5th percentile")
-    g.add_argument("--tfp_window", type=int, help="frames TFP averages (Spike-Zoo: 41); default: the model's window")
+    g.add_argument("--height", type=positive_int, default=250)
+    g.add_argument("--width", type=positive_int, default=400)
+    g.add_argument("--rate", type=positive_float, help="photo-electric rate: TFP/TFI = estimate / rate "
+                                                       "(REDS_BASE: 0.6); default: normalised to the 99.5th percentile")
+    g.add_argument("--tfp_window", type=positive_int, help="frames TFP averages (Spike-Zoo: 41); default: the model's window")
     return p.parse_args(argv)
 
 
@@ -84,49 +85,39 @@ def topk_correct(logits, labels, k):
 def main(argv=None):
     args = get_args(argv)
     try:
-        ckpt = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        device = pick_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    config = ckpt["model_config"]
-    arch = config["arch"]
-    data_type = args.data_type or ckpt["data_type"]
-    crop = args.crop_size or ckpt["crop_size"]
+        return evaluate(args)
+    except InputError as e:
+        return report_input_error(e)
+
+
+def evaluate(args):
+    check_results_file(args.results_file)    # before the work, not after it
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend)
+    device = pick_device(args.device)
+    model.to(device).eval()
     exp_name = args.exp_name or experiment_name(args.checkpoint)
     out_dir = os.path.join(args.exp_root, exp_name)
     os.makedirs(os.path.join(out_dir, "imgs"), exist_ok=True)
     if args.dat:
-        try:
-            return evaluate_stream(args, ckpt, model.to(device).eval(), device, exp_name, out_dir)
-        except (SpikeDataError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return evaluate_stream(args, ckpt, model, device, exp_name, out_dir)
 
-    bins = UHSR_BINS * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
-    dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
+    arch = ckpt["model_config"]["arch"]
+    data_type = args.data_type or ckpt["data_type"]
+    crop = args.crop_size or ckpt["crop_size"]
+    dataset = UHSRDataset(args.data_root, data_type, args.split, bins=model.input_channels, crop_size=crop,
                           with_baselines=True)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
-    try:
-        clip_model, clip_info = load_clip(args.clip_model or ckpt["clip"]["clip_model"],
-                                          args.clip_pretrained or clip_spec_from_checkpoint(ckpt), device)
-    except ClipWeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    clip_model, clip_info = load_clip(args.clip_model or ckpt["clip"]["clip_model"],
+                                      args.clip_pretrained or clip_spec_from_checkpoint(ckpt), device)
     guide = ClipGuide(clip_model, CLASS_NAMES[data_type], device)
-    iqa_names = ("niqe", "brisque", "piqe") if crop >= NIQE_MIN_SIDE else ("brisque", "piqe")
+    iqa_names, iqa_skipped = no_reference_names(crop, crop)
     iqa = NoReferenceIQA(device, names=iqa_names)
-    model.to(device).eval()
     top5 = data_type == "CALTECH"
     methods = (arch, "tfp", "tfi")
 
-    rows, rate_sum, n_batches, grid, grid_samples = [], None, 0, [], 0
+    rows, rate_sum, n_batches, shown = [], None, 0, []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=f"evaluate {data_type}/{args.split}"):
             voxel = batch["voxel"].to(device, non_blocking=True).float()
@@ -156,15 +147,10 @@ def main(argv=None):
                         value = v[i].item()
                         row[f"{m}_{k}"] = CLASS_NAMES[data_type][value] if k == "pred" else float(value)
                 rows.append(row)
-            if grid_samples < args.num_grid:
-                # one row per sample: spikes (TFP view of the voxel), TFP, TFI, network, gt
-                k = min(args.num_grid - grid_samples, len(labels))
-                spikes = voxel[:k].mean(1, keepdim=True)
-                spikes = spikes / spikes.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
-                # gt column black where a file has none
-                parts = [spikes, images["tfp"][:k], images["tfi"][:k], images[arch][:k], batch["gt"][:k].to(device)]
-                grid.append(torch.stack(parts, dim=1).flatten(0, 1).float().cpu())
-                grid_samples += k
+            k = args.num_grid - sum(len(x[0]) for x in shown)
+            if k > 0:   # the first --num_grid samples: spikes, TFP, TFI, network, gt (black if none)
+                shown.append([batch["voxel"][:k], batch["tfp"][:k], batch["tfi"][:k], images[arch][:k].cpu(),
+                              batch["gt"][:k]])
 
     # -- summary --------------------------------------------------------------------------------
     metric_keys = ["top1"] + (["top5"] if top5 else []) + list(iqa_names)
@@ -176,19 +162,17 @@ def main(argv=None):
     firing_rates = {}
     if arch == "snn" and rate_sum is not None:
         firing_rates = {f"lif{i + 1}": float(r) for i, r in enumerate(rate_sum / n_batches)}
-    iqa_variant = "; ".join(iqa.describe(crop, crop).values())
-    if "niqe" not in iqa_names:
-        iqa_variant += f"; niqe skipped: {crop}x{crop} input is smaller than its {NIQE_MIN_SIDE}-px block"
+    iqa_variant = "; ".join(list(iqa.describe(crop, crop).values()) + ([iqa_skipped] if iqa_skipped else []))
     warnings = list(clip_info["warnings"])
 
     csv_path = os.path.join(out_dir, f"eval_{data_type}_{args.split}.csv")
     atomic_write(csv_path, lambda f: _write_csv(f, rows), mode="w")
     table = format_summary(summary, metric_keys, data_type, args, len(rows), clip_info, iqa_variant, firing_rates, crop)
     atomic_write(os.path.join(out_dir, f"eval_{data_type}_{args.split}_summary.md"), lambda f: f.write(table), mode="w")
-    if grid:
+    if shown:
         import torchvision
-        torchvision.utils.save_image(torch.cat(grid), os.path.join(out_dir, "imgs", f"eval_{data_type}_{args.split}_grid.png"),
-                                     nrow=5, padding=2)
+        grid = comparison_grid(*(torch.cat(column) for column in zip(*shown)))
+        torchvision.utils.save_image(grid, os.path.join(out_dir, "imgs", f"eval_{data_type}_{args.split}_grid.png"))
     print(table)
     record = {"run_name": exp_name, "kind": "evaluate", "dataset": f"U-{data_type}", "split": args.split,
               "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
@@ -207,31 +191,35 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     stream = read_dat(args.dat, args.height, args.width)
     spk = center_window(stream, UHSR_FRAMES, args.dat)
     config = ckpt["model_config"]
-    bins = UHSR_BINS * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
     with torch.inference_mode():
-        voxel = torch.from_numpy(voxelize(spk, bins))[None].to(device)
+        voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None].to(device)
         out, rates = model(voxel, return_rates=True)
     images = {config["arch"]: to_image(out.float()).cpu(),
               "tfp": torch.from_numpy(tfp(spk, args.tfp_window, args.rate)).clamp(0, 1)[None, None],
               "tfi": torch.from_numpy(tfi(spk, rate=args.rate)).clamp(0, 1)[None, None]}
     gt = None
     if args.gt:
-        with Image.open(args.gt) as img:
-            gt = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        try:
+            with Image.open(args.gt) as img:
+                gt = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        except OSError as e:
+            raise InputError(f"{args.gt}: cannot read the gt image ({e})") from e
         if gt.shape[-2:] != spk.shape[-2:]:
             raise SpikeDataError(f"{args.gt}: gt is {tuple(gt.shape[-2:])}, the stream {spk.shape[-2:]}")
-    iqa = NoReferenceIQA("cpu")
+    iqa_names, iqa_skipped = no_reference_names(*spk.shape[1:])
+    iqa = NoReferenceIQA("cpu", names=iqa_names)
     summary = {}
     for m, img in images.items():
         scores = {k: float(v[0]) for k, v in iqa(img).items()}
         if gt is not None:
             scores.update(psnr=float(psnr(img, gt)[0]), ssim=float(ssim(img, gt)[0]))
         summary[m] = scores
+    iqa_variant = "; ".join(list(iqa.describe().values()) + ([iqa_skipped] if iqa_skipped else []))
     keys = list(next(iter(summary.values())))
     name = os.path.basename(args.dat)
     lines = [f"# {name}: centre {UHSR_FRAMES} of {len(stream)} frames, {spk.shape[1]}x{spk.shape[2]}, "
              f"TFP window {args.tfp_window or UHSR_FRAMES}, rate {args.rate or 'normalised'}",
-             f"checkpoint: {args.checkpoint}", f"IQA: {'; '.join(iqa.describe().values())}", "",
+             f"checkpoint: {args.checkpoint}", f"IQA: {iqa_variant}", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {m.upper()} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |" for m, v in summary.items()]
     table = "\n".join(lines) + "\n"
@@ -242,7 +230,7 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
                    "checkpoint": os.path.abspath(args.checkpoint), "arch": config["arch"],
                    "clip_model": clip.get("clip_model"), "clip_weights": clip.get("clip_weights"),
                    "clip_random_init": clip.get("clip_random_init"), "warnings": clip.get("warnings", []),
-                   "metrics": summary, "num_samples": 1, "iqa_variant": "; ".join(iqa.describe().values()),
+                   "metrics": summary, "num_samples": 1, "iqa_variant": iqa_variant,
                    "firing_rates": {f"lif{i + 1}": float(r) for i, r in enumerate(rates)} if config["arch"] == "snn" else {},
                    "rate": args.rate, "tfp_window": args.tfp_window}, args.results_file)
     return 0

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import CLASS_NAMES, DATASET_DIRS, class_index
-from utils import atomic_write
+from dataset import CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index
+from utils import InputError, atomic_write, non_negative_int, positive_float, positive_int, report_input_error
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
 DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
@@ -255,10 +255,10 @@ def folder_source(source_dir, data_type):
                        if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif")))
         per_class.setdefault(label, []).extend(os.path.join(path, f) for f in files)
     if unknown:
-        raise SystemExit(f"{source_dir}: folders {unknown} are not U-{data_type} classes "
+        raise InputError(f"{source_dir}: folders {unknown} are not U-{data_type} classes "
                          f"(expected names like {CLASS_NAMES[data_type][:4]}...)")
     if not per_class:
-        raise SystemExit(f"{source_dir}: no class folders with images")
+        raise InputError(f"{source_dir}: no class folders with images")
     return {label: [("file", p) for p in paths] for label, paths in per_class.items()}
 
 
@@ -361,6 +361,16 @@ def save_sample(path, spk, label, label_name, gt):
                                                      label_name=np.str_(label_name), gt=gt))
 
 
+def procedural_streams(n, size, num_frames=UHSR_FRAMES, light="low", seed=0):
+    """n simulated spike streams uint8 [n, num_frames, size, size] of the procedural classes
+    (for measurements that need spikes like a camera's when no data is at hand)."""
+    cfg = LIGHT[light]
+    rng = np.random.default_rng([seed, 0xC0FFEE])
+    sensor = make_sensor(cfg, (size, size), seed)
+    return np.stack([simulate_spikes(scene_canvas(procedural_image(i, rng), (size, size), cfg, rng), num_frames,
+                                     cfg, sensor, rng, (size, size))[0] for i in range(n)])
+
+
 def _make_one(task):
     """Worker: simulate and write one sample (skipped when the file already exists)."""
     path, data_type, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_hw = task
@@ -391,7 +401,7 @@ def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, nu
         refs = sources[label]
         need = num_train + num_test
         if len(refs) < need:
-            raise SystemExit(f"class '{names[label]}' has {len(refs)} images, {need} requested "
+            raise InputError(f"class '{names[label]}' has {len(refs)} images, {need} requested "
                              f"(--num_train {num_train} + --num_test {num_test})")
         train += [(label, refs[i]) for i in range(num_train)]
         test += [(label, refs[num_train + i]) for i in range(num_test)]
@@ -426,11 +436,11 @@ def frame_size_arg(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["cifar", "caltech", "both"], default="cifar")
+    p.add_argument("--dataset", choices=sorted(DATASET_CHOICES), type=str.lower, default="cifar")
     p.add_argument("--data_root", default="data", help="output root (U-CIFAR/, U-CALTECH/ go here)")
-    p.add_argument("--num_train", type=int, default=20, help="training samples per class")
-    p.add_argument("--num_test", type=int, default=5, help="test samples per class")
-    p.add_argument("--num_frames", type=int, default=200, help="spike frames per sample (UHSR: 200)")
+    p.add_argument("--num_train", type=non_negative_int, default=20, help="training samples per class")
+    p.add_argument("--num_test", type=non_negative_int, default=5, help="test samples per class")
+    p.add_argument("--num_frames", type=positive_int, default=UHSR_FRAMES, help="spike frames per sample (UHSR: 200)")
     p.add_argument("--seed", type=int, default=0)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--source_dir", help="ImageFolder-style directory of real images "
@@ -439,15 +449,21 @@ def main(argv=None):
                      help="use torchvision CIFAR-10 (test split) / Caltech-101, downloaded here")
     p.add_argument("--light", choices=sorted(LIGHT), default="low",
                    help="low: UHSR-like dark captures (mean rate ~0.03); normal: REDS-like (0.6)")
-    p.add_argument("--rate", type=float, help="override the light regime's white-pixel firing rate")
+    p.add_argument("--rate", type=positive_float, help="override the light regime's white-pixel firing rate")
     p.add_argument("--no_noise", action="store_true",
                    help="ideal camera: no shot/dark/threshold noise, no hot pixels")
     p.add_argument("--frame_size", type=frame_size_arg, metavar="N|HxW",
                    help="frame size: N for N x N or HxW (default: the light regime's sensor, "
                         "250x250 UHSR for low light, 250x400 Vidar for normal light)")
-    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--workers", type=positive_int, default=max(1, os.cpu_count() or 1))
     args = p.parse_args(argv)
+    try:
+        return generate(p, args)
+    except InputError as e:
+        return report_input_error(e)
 
+
+def generate(p, args):
     if args.source_dir and args.dataset == "both":
         p.error("--source_dir holds one dataset's classes: use --dataset cifar or caltech")
     cfg = dataclasses.replace(LIGHT[args.light])
@@ -456,7 +472,7 @@ def main(argv=None):
     if args.no_noise:
         cfg = dataclasses.replace(cfg, photons_per_threshold=0, dark_current=0, threshold_std=0,
                                   threshold_jitter=0, hot_pixel_fraction=0)
-    data_types = {"cifar": ["CIFAR"], "caltech": ["CALTECH"], "both": ["CIFAR", "CALTECH"]}[args.dataset]
+    data_types = DATASET_CHOICES[args.dataset]
 
     tasks = []
     for data_type in data_types:

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import InputError
+
 # -----------------------------------------------------------------------------
 # full-reference
 
@@ -128,6 +130,17 @@ def check_file(name, path):
     return None
 
 
+NIQE_MIN_SIDE = 96   # NIQE works on 96-px blocks: a smaller image has none
+
+
+def no_reference_names(height, width):
+    """The no-reference metrics an image of this size can have -> (names, note on what was skipped)."""
+    if min(height, width) >= NIQE_MIN_SIDE:
+        return ("niqe", "brisque", "piqe"), ""
+    return ("brisque", "piqe"), (f"niqe skipped: {height}x{width} input is smaller than its "
+                                 f"{NIQE_MIN_SIDE}-px block")
+
+
 class NoReferenceIQA:
     """pyiqa's NIQE / BRISQUE / PIQE on images [B,1 or 3,H,W] in [0,1]; returns name -> scores [B].
 
@@ -155,7 +168,7 @@ class NoReferenceIQA:
         paths = param_paths()
         problems = [p for p in (check_file(n, paths[n]) for n in self.names if n in paths) if p]
         if problems:
-            raise FileNotFoundError(
+            raise InputError(
                 "pyiqa parameter files not ready (" + "; ".join(problems) + "). "
                 "Run `bash setup.sh` or `python prepare_iqa_params.py` first.")
         import pyiqa
@@ -198,6 +211,35 @@ class NoReferenceIQA:
 
 # -----------------------------------------------------------------------------
 # efficiency (SPEC §7): MACs, synaptic operations, theoretical and measured energy
+
+def latency_ms(fn, runs, device, warmup=10):
+    """Wall time of each of `runs` calls of fn() in ms, after `warmup` untimed calls (cuDNN
+    picks its algorithms, torch.compile builds); on CUDA timed by events around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def percentiles(times_ms):
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
+            "p99": float(np.percentile(t, 99))}
+
 
 E_MAC_PJ = 4.6  # 45 nm, 32-bit float multiply-accumulate (Horowitz 2014)
 E_AC_PJ = 0.9   # 45 nm, 32-bit float accumulate

@@ -25,25 +25,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from clip_guidance import ClipGuide, ClipWeightsError, load_clip
-from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset,
+from clip_guidance import ClipGuide, load_clip
+from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset, one_dataset,
                      voxelize_on_device)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
-from metrics import NvmlEnergyMeter, count_macs, synaptic_ops
-from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
-from results_tracker import RESULTS_FILE, append_record
-from utils import pick_device
+from generate_synthetic_data import procedural_streams
+from metrics import NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
+from models import load_checkpoint, model_from_checkpoint, to_image
+from results_tracker import RESULTS_FILE, append_record, check_results_file
+from utils import (InputError, format_count, non_negative_int, pick_device, positive_float, positive_int,
+                   report_input_error, spike_image)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
 THROUGHPUT_WARMUP = 2      # warm-up calls per batch size (cuDNN picks its algorithms here)
-RANDOM_SPIKE_RATE = 0.03   # benchmark spikes when no data fits: UHSR's mean rate (SPEC §2)
-RATE_SAMPLES = 8           # data samples the firing rates are measured on
+RANDOM_SPIKE_RATE = 0.03   # spikes timed by the benchmark: UHSR's mean rate (SPEC §2)
+RATE_SAMPLES = 8           # samples the firing rates are measured on
 MIN_TILE = 128             # panel tiles are enlarged (nearest) to at least this many pixels
-
-
-class InputError(Exception):
-    """Unusable options or input (exit status 2)."""
+# default benchmark work: a GPU does 100 runs in a blink, a 2-core CPU needs minutes at 224x224
+DEFAULT_BENCH = {"cuda": (100, [1, 8, 32]), "cpu": (10, [1, 4])}
 
 
 def get_args(argv=None):
@@ -51,12 +51,12 @@ def get_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     g = p.add_argument_group("data")
     g.add_argument("--data_root", default="data", help="folder holding U-CIFAR/ and U-CALTECH/")
-    g.add_argument("--data_type", choices=sorted(CLASS_NAMES),
-                   help="class set of the data (default: the checkpoint's)")
+    g.add_argument("--dataset", "--data_type", dest="data_type", type=one_dataset, metavar="{cifar,caltech}",
+                   help="class set and folder of the data (default: the checkpoint's)")
     g.add_argument("--split", default="test", help="split the panels (and the firing rates of "
                                                     "--benchmark) come from")
     g = p.add_argument_group("running")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
                    help="SNN implementation: fused multi-step path, or the snnTorch reference loop")
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
@@ -67,7 +67,7 @@ def get_args(argv=None):
     g.add_argument("--clip_pretrained", help="openai | /path/to/weights | none (default: the "
                                              "weights the checkpoint was trained with)")
     g = p.add_argument_group("output")
-    g.add_argument("--num_samples", type=int,
+    g.add_argument("--num_samples", type=non_negative_int,
                    help="panels for N samples spread evenly over --split (default: 4, or 0 with "
                         "--benchmark)")
     g.add_argument("--output_dir", help="where panels go (default: exp/<experiment>/test, the "
@@ -78,27 +78,23 @@ def get_args(argv=None):
                                                                 "record is appended to")
     g = p.add_argument_group("benchmark")
     g.add_argument("--benchmark", action="store_true", help="measure speed, operations and energy")
-    g.add_argument("--bench_runs", type=int, default=100,
+    g.add_argument("--bench_runs", type=positive_int,
                    help=f"timed batch-1 latency runs (after {WARMUP_RUNS} warm-up runs); each "
-                        f"throughput figure times about this many images (at least 3 calls)")
-    g.add_argument("--bench_batches", default="1,8,32", help="batch sizes of the throughput figures")
-    g.add_argument("--bench_size", type=int, help="input height = width (default: the checkpoint's crop)")
-    g.add_argument("--energy_seconds", type=float, default=10.0,
+                        f"throughput figure times about this many images (at least 3 calls). "
+                        f"Default: {DEFAULT_BENCH['cuda'][0]} on CUDA, {DEFAULT_BENCH['cpu'][0]} on the CPU")
+    g.add_argument("--bench_batches", help="batch sizes of the throughput figures (default: "
+                                           "1,8,32 on CUDA, 1,4 on the CPU)")
+    g.add_argument("--bench_size", type=positive_int, help="input height = width (default: the checkpoint's crop)")
+    g.add_argument("--energy_seconds", type=positive_float, default=10.0,
                    help="length of the sustained run whose energy NVML measures (CUDA only)")
     args = p.parse_args(argv)
-    try:
-        args.bench_batches = sorted({int(b) for b in args.bench_batches.split(",") if b.strip()})
-    except ValueError:
-        p.error(f"--bench_batches: expected comma-separated integers, got {args.bench_batches!r}")
-    if not args.bench_batches or min(args.bench_batches) < 1:
-        p.error("--bench_batches: batch sizes must be >= 1")
-    for name in ("bench_runs", "bench_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    if args.num_samples is not None and args.num_samples < 0:
-        p.error("--num_samples must be >= 0")
-    if args.energy_seconds <= 0:
-        p.error("--energy_seconds must be > 0")
+    if args.bench_batches is not None:
+        try:
+            args.bench_batches = sorted({int(b) for b in args.bench_batches.split(",") if b.strip()})
+        except ValueError:
+            p.error(f"--bench_batches: expected comma-separated integers, got {args.bench_batches!r}")
+        if not args.bench_batches or min(args.bench_batches) < 1:
+            p.error("--bench_batches: batch sizes must be >= 1")
     if args.num_samples is None:
         args.num_samples = 0 if args.benchmark else 4
     return args
@@ -218,8 +214,7 @@ def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
     voxel = torch.as_tensor(voxel).float()
     image = reconstruct(runner, voxel[None])
     pred = labeller(image)[0]
-    spikes = voxel.mean(0)
-    spikes = (spikes / spikes.max().clamp(min=1e-6)).numpy()
+    spikes = spike_image(voxel[None])[0, 0].numpy()
     tiles = [spikes, *baselines, image[0, 0].numpy()]
     captions = ["spikes (voxel mean)", "TFP", "TFI", arch.upper()]
     if gt is not None:
@@ -252,38 +247,8 @@ def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
 # ----------------------------------------------------------------------------------------------
 # Benchmark
 
-def percentiles(times_ms):
-    t = np.asarray(times_ms, dtype=np.float64)
-    return {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
-            "p99": float(np.percentile(t, 99))}
-
-
-def latency_ms(fn, runs, device):
-    """Per-call wall time of fn() in ms after WARMUP_RUNS warm-up calls (CUDA events on GPU)."""
-    for _ in range(WARMUP_RUNS):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(runs):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return times
-
-
 def images_per_second(fn, batch, calls, device):
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(THROUGHPUT_WARMUP):
-        fn()
     sync()
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -293,25 +258,39 @@ def images_per_second(fn, batch, calls, device):
 
 
 def benchmark_spikes(batch, size, seed=0):
-    """Random binary spikes uint8 [batch, UHSR_FRAMES, size, size] at RANDOM_SPIKE_RATE."""
+    """Random binary spikes uint8 [batch, UHSR_FRAMES, size, size] at RANDOM_SPIKE_RATE (timing
+    does not depend on the spike pattern)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([(torch.rand(UHSR_FRAMES, size, size, generator=g) < RANDOM_SPIKE_RATE)
-                        .to(torch.uint8) for _ in range(batch)])
+    return (torch.rand(batch, UHSR_FRAMES, size, size, generator=g) < RANDOM_SPIKE_RATE).to(torch.uint8)
 
 
 def rate_voxels(args, data_type, size, bins):
     """Voxels the firing rates are measured on: up to RATE_SAMPLES of --split cropped to `size`,
-    or random spikes when that data is missing or its frames are smaller -> (voxel, description)."""
+    or streams from the camera simulator when that data is missing or its frames are smaller
+    -> (voxel, description)."""
     try:
         dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=size)
         n = min(RATE_SAMPLES, len(dataset))
         picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
         voxel = torch.stack([dataset[i]["voxel"] for i in picks]).float()
         return voxel, f"{DATASET_DIRS[data_type]}/{args.split}: {len(picks)} samples at {size}x{size}"
-    except (FileNotFoundError, SpikeDataError) as e:
-        voxel = voxelize_on_device(benchmark_spikes(RATE_SAMPLES, size, seed=1), bins)
+    except SpikeDataError as e:
         why = str(e).splitlines()[0]
-        return voxel, f"random spikes, rate {RANDOM_SPIKE_RATE} (no usable data: {why})"
+        print(f"  firing rates: no usable data ({why}); measuring them on {RATE_SAMPLES} simulated "
+              f"low-light streams instead", flush=True)
+        spikes = torch.from_numpy(procedural_streams(RATE_SAMPLES, size))
+        return (voxelize_on_device(spikes, bins),
+                f"{RATE_SAMPLES} simulated low-light streams of the procedural classes at {size}x{size} "
+                f"(no usable data: {why})")
+
+
+def warm_up_and_announce(name, fn, calls, warmup):
+    """Warm up, then say how long the timed calls will take (224x224 on a CPU takes minutes)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    per_call = (time.perf_counter() - t0) / warmup
+    print(f"  {name}: {calls} timed calls, about {per_call * calls:.0f} s", flush=True)
 
 
 def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
@@ -319,9 +298,12 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     size = args.bench_size or crop
     bins = model.input_channels
     arch = model.config()["arch"]
-    max_batch = max(args.bench_batches)
+    runs, batches = DEFAULT_BENCH["cuda" if device.type == "cuda" else "cpu"]
+    runs, batches = args.bench_runs or runs, args.bench_batches or batches
+    max_batch = max(batches)
     print(f"benchmark: {arch.upper()} ({args.backend} backend), input {bins}x{size}x{size}, "
-          f"{device_name(device)}, dtype {runner.dtype_name}")
+          f"{device_name(device)}, dtype {runner.dtype_name}; {runs} latency runs, batches "
+          f"{','.join(map(str, batches))}", flush=True)
     spikes = benchmark_spikes(max_batch, size).to(device)
     with torch.inference_mode():
         # firing rates (they decide the synaptic operations)
@@ -330,16 +312,18 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
         rates = [float(r) for r in rates.float().cpu()]
 
         voxel1 = runner.prepare(voxelize_on_device(spikes[:1], bins))
-        lat = percentiles(latency_ms(lambda: runner(voxel1), args.bench_runs, device))
         spk1 = spikes[:1]
+        warm_up_and_announce("latency, batch 1", lambda: runner(voxel1), 2 * runs, THROUGHPUT_WARMUP)
+        lat = percentiles(latency_ms(lambda: runner(voxel1), runs, device, WARMUP_RUNS))
         lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize_on_device(spk1, bins))),
-                                         args.bench_runs, device))
+                                         runs, device, WARMUP_RUNS))
         throughput, throughput_vox = {}, {}
-        for b in args.bench_batches:
-            calls = max(3, math.ceil(args.bench_runs / b))
+        for b in batches:
+            calls = max(3, math.ceil(runs / b))
             vox = runner.prepare(voxelize_on_device(spikes[:b], bins))
-            throughput[str(b)] = images_per_second(lambda: runner(vox), b, calls, device)
             spk_b = spikes[:b]
+            warm_up_and_announce(f"throughput, batch {b}", lambda: runner(vox), 2 * calls, THROUGHPUT_WARMUP)
+            throughput[str(b)] = images_per_second(lambda: runner(vox), b, calls, device)
             throughput_vox[str(b)] = images_per_second(
                 lambda: runner(runner.prepare(voxelize_on_device(spk_b, bins))), b, calls, device)
             del vox
@@ -350,6 +334,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
                 index = torch.cuda._get_nvml_device_index(device)
             except Exception:
                 index = device.index or 0
+            print(f"  energy: a sustained run of {args.energy_seconds:.0f} s at batch {max_batch}", flush=True)
             meter = NvmlEnergyMeter(index)
             vox = runner.prepare(voxelize_on_device(spikes, bins))
             energy, energy_note = meter.measure(
@@ -367,7 +352,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
         "device": device_name(device), "backend": args.backend if arch == "snn" else "plain",
         "dtype": runner.dtype_name, "input_size": size, "time_steps": macs["time_steps"],
         "encoding": getattr(model, "encoding", None),
-        "latency_ms": {**lat, "runs": args.bench_runs, "warmup": WARMUP_RUNS, "batch": 1},
+        "latency_ms": {**lat, "runs": runs, "warmup": WARMUP_RUNS, "batch": 1},
         "latency_ms_with_voxelisation": lat_vox,
         "throughput": throughput, "throughput_with_voxelisation": throughput_vox,
         "energy_mj_per_image": energy["energy_mj_per_image"] if energy else None,
@@ -396,13 +381,6 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     return bench
 
 
-def _count(n):
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3f} {unit}"
-    return f"{n:.0f}"
-
-
 def print_benchmark(b, ops):
     lat, lv = b["latency_ms"], b["latency_ms_with_voxelisation"]
     rows = [
@@ -418,11 +396,11 @@ def print_benchmark(b, ops):
         ("params", f"{b['params']:,} ({b['conv_weights']:,} conv weights)"),
         ("weights on disk", f"{b['weights_bytes'] / 1e6:.3f} MB (checkpoint file "
                             f"{b['checkpoint_bytes'] / 1e6:.3f} MB)"),
-        ("MACs / image", f"{_count(b['macs'])} = T x {_count(b['macs_per_step'])} per step "
-                         f"({b['backend']} backend executes {_count(b['macs_executed'])})"),
+        ("MACs / image", f"{format_count(b['macs'])} = T x {format_count(b['macs_per_step'])} per step "
+                         f"({b['backend']} backend executes {format_count(b['macs_executed'])})"),
         ("firing rates", "  ".join(f"{k} {v:.4f}" for k, v in b["firing_rates"].items()) or "n/a (ANN)"),
         ("  measured on", b["firing_rates_input"]),
-        ("SOPs / image", f"{_count(b['sops'])} AC + {_count(b['mac_ops'])} MAC"),
+        ("SOPs / image", f"{format_count(b['sops'])} AC + {format_count(b['mac_ops'])} MAC"),
         ("theoretical energy", f"{b['theoretical_energy_mj']:.4f} mJ/image (45 nm: MAC "
                                f"{ops['e_mac_pj']} pJ, AC {ops['e_ac_pj']} pJ)"),
     ]
@@ -442,6 +420,8 @@ def print_benchmark(b, ops):
 # ----------------------------------------------------------------------------------------------
 
 def run(args):
+    if args.benchmark:
+        check_results_file(args.results_file)    # before the work, not after it
     ckpt = load_checkpoint(args.checkpoint)
     device = pick_device(args.device)
     dtype_name = pick_dtype(args.dtype, device)
@@ -452,7 +432,7 @@ def run(args):
     opt = ckpt.get("opt") or {}
     data_type = args.data_type or ckpt.get("data_type") or opt.get("data_type")
     if data_type not in CLASS_NAMES:
-        raise InputError(f"{args.checkpoint}: the checkpoint names no known data type; pass --data_type")
+        raise InputError(f"{args.checkpoint}: the checkpoint names no known data type; pass --dataset")
     crop = int(ckpt.get("crop_size") or opt.get("crop_size") or 224)
     bins = model.input_channels
     if UHSR_FRAMES % bins:
@@ -477,9 +457,8 @@ def main(argv=None):
     args = get_args(argv)
     try:
         return run(args)
-    except (CheckpointError, SpikeDataError, ClipWeightsError, InputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:
+        return report_input_error(e)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ The pseudo-target is TFI, TFP (whole window), or ground truth (--recon_target gt
 has it). Validation score: the current stage's own weighted loss on the validation split (lower
 is better); it drives --early_stop and checkpoint_best.pth.
 
-    python train.py --data_type CIFAR --exp_name cifar_snn --epochs 10
-    torchrun --nproc_per_node=2 train.py --data_type CIFAR --exp_name cifar_ddp ...
+    python train.py --dataset cifar --exp_name cifar_snn --epochs 10
+    torchrun --nproc_per_node=2 train.py --dataset cifar --exp_name cifar_ddp ...
 """
 import argparse
 import contextlib
@@ -33,11 +33,14 @@ from tqdm import tqdm
 
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
-                     default_cache_path, load_gt, load_label_name)
+                     default_cache_path, load_gt, load_label_name, one_dataset)
 from generate_synthetic_data import LIGHT, SimulatedStreams
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, load_checkpoint,
                     model_from_checkpoint, to_image)
-from utils import InputError, atomic_torch_save, atomic_write_json, pick_device, report_input_error, seed_everything
+from results_tracker import RESULTS_FILE, append_record, check_results_file
+from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
+                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, report_input_error,
+                   seed_everything, unit_interval)
 
 STAGES = ("coarse", "prompt", "fine")
 HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
@@ -48,23 +51,25 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_root", default="data")
-    g.add_argument("--data_type", choices=sorted(CLASS_NAMES), default="CIFAR")
-    g.add_argument("--crop_size", type=int, default=224, help="centre crop of the frames (UHSR: 224)")
-    g.add_argument("--val_fraction", type=float, default=0.1, help="share of train files held out for validation")
+    g.add_argument("--dataset", "--data_type", dest="data_type", type=one_dataset, default="CIFAR",
+                   metavar="{cifar,caltech}", help="U-CIFAR or U-CALTECH under --data_root (default: cifar)")
+    g.add_argument("--crop_size", type=positive_int, default=224, help="centre crop of the frames (UHSR: 224)")
+    g.add_argument("--val_fraction", type=open_fraction, default=0.1,
+                   help="share of train files held out for validation")
     g.add_argument("--simulate_from", metavar="IMAGE_DIR",
                    help="train on streams simulated on the fly from the photographs in IMAGE_DIR (class "
                         "folders), a new capture per item; --data_root's train files then serve only for "
                         "validation, and their and the test files' source images are never trained on")
     g.add_argument("--light", choices=sorted(LIGHT), default="normal",
                    help="camera of --simulate_from: normal (Vidar 250x400, rate 0.6) or low (UHSR 250x250)")
-    g.add_argument("--epoch_size", type=int,
+    g.add_argument("--epoch_size", type=positive_int,
                    help="items per epoch with --simulate_from (default: the number of source images)")
     g.add_argument("--augment", action="store_true",
                    help="train on a random crop of each stream with a random flip and 90-degree rotation "
                         "(validation keeps the centre crop)")
     g.add_argument("--hq_dir", help="folder of high-quality images (any layout) for the quality prompts; "
                                     "default: the clean gt images of the training set, shuffled (unpaired)")
-    g.add_argument("--num_workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+    g.add_argument("--num_workers", type=non_negative_int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
                    help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "
                         "data side's bottleneck, so use all spare cores")
     g.add_argument("--cache", nargs="?", const=True, metavar="FILE",
@@ -74,11 +79,11 @@ def build_parser():
     g = p.add_argument_group("network")
     g.add_argument("--arch", choices=["snn", "ann"], default="snn",
                    help="snn: spiking LRN; ann: the plain-CNN LRN of the original SpikeCLIP")
-    g.add_argument("--time_steps", type=int, default=4, help="SNN time steps T")
+    g.add_argument("--time_steps", type=positive_int, default=4, help="SNN time steps T")
     g.add_argument("--encoding", choices=["direct", "temporal"], default="direct",
                    help="direct: the 50-bin voxel at every step; temporal: step t gets its own 50-bin slice")
-    g.add_argument("--beta", type=float, default=0.9, help="LIF membrane decay")
-    g.add_argument("--threshold", type=float, default=1.0, help="LIF firing threshold")
+    g.add_argument("--beta", type=unit_interval, default=0.9, help="LIF membrane decay, in [0, 1]")
+    g.add_argument("--threshold", type=positive_float, default=1.0, help="LIF firing threshold")
     g.add_argument("--surrogate", choices=["atan", "fast_sigmoid"], default="atan")
     g.add_argument("--linear_skip", action="store_true",
                    help="SNN: add a linear conv of the input to the spiking readout (the spiking layers "
@@ -94,21 +99,22 @@ def build_parser():
                         "they are switched off then (they are noise that pulls the image away from the data) "
                         "and the prompt stage is skipped; use this only to exercise the pipeline")
     g = p.add_argument_group("schedule and losses")
-    g.add_argument("--epochs", type=int, default=10, help="total epochs, split 40/20/40%% over the "
+    g.add_argument("--epochs", type=non_negative_int, default=10, help="total epochs, split 40/20/40%% over the "
                                                           "stages unless --epochs_* are given")
-    g.add_argument("--epochs_coarse", type=int)
-    g.add_argument("--epochs_prompt", type=int)
-    g.add_argument("--epochs_fine", type=int)
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (cosine schedule per stage)")
-    g.add_argument("--batch_size", type=int, default=4, help="per process")
-    g.add_argument("--recon_weight", type=float, default=1.5, help="L1 to the pseudo-target (stages 1, 3)")
-    g.add_argument("--clip_weight", type=float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
-    g.add_argument("--prompt_weight", type=float, default=0.75, help="quality-prompt loss (stages 2, 3)")
-    g.add_argument("--tv_weight", type=float, default=0.01, help="total variation of the output (stage 3)")
+    g.add_argument("--epochs_coarse", type=non_negative_int)
+    g.add_argument("--epochs_prompt", type=non_negative_int)
+    g.add_argument("--epochs_fine", type=non_negative_int)
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (cosine schedule per stage)")
+    g.add_argument("--batch_size", type=positive_int, default=4, help="per process")
+    g.add_argument("--recon_weight", type=non_negative_float, default=1.5, help="L1 to the pseudo-target (stages 1, 3)")
+    g.add_argument("--clip_weight", type=non_negative_float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
+    g.add_argument("--prompt_weight", type=non_negative_float, default=0.75, help="quality-prompt loss (stages 2, 3)")
+    g.add_argument("--tv_weight", type=non_negative_float, default=0.01, help="total variation of the output (stage 3)")
     g.add_argument("--recon_target", choices=["tfi", "tfp", "gt"], default="tfi")
     g = p.add_argument_group("run")
     g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
+    g.add_argument("--results_file", default=RESULTS_FILE, help="where the run's record is appended")
     g.add_argument("--resume", action="store_true",
                    help="continue exp/<exp_name> from checkpoint_last.pth with the run's options; typed "
                         "options that say how to run (--data_root, --num_workers, --device, --backend, "
@@ -116,7 +122,7 @@ def build_parser():
                         "replace the run's, any other typed option must equal the run's")
     g.add_argument("--early_stop", action="store_true", help="end a stage when the validation score "
                                                              "has not improved for --patience epochs")
-    g.add_argument("--patience", type=int, default=3)
+    g.add_argument("--patience", type=positive_int, default=3)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--no_amp", action="store_true", help="disable mixed precision on CUDA")
@@ -382,17 +388,6 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048):
     return float(residual.clamp(min=0).sqrt())
 
 
-def image_grid(batch, out, n=4):
-    """Rows: spikes (TFP view of the voxel), TFP, TFI, reconstruction, gt — [5n, 1, H, W]."""
-    import torchvision
-    n = min(n, len(out))
-    voxel = batch["voxel"][:n]
-    spikes = voxel.mean(1, keepdim=True)
-    spikes = spikes / spikes.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
-    rows = [spikes, batch["tfp"][:n], batch["tfi"][:n], to_image(out[:n].float()), batch["gt"][:n]]
-    return torchvision.utils.make_grid(torch.cat([r.detach().float().cpu() for r in rows]), nrow=n, padding=2)
-
-
 # ----------------------------------------------------------------------------------------------
 # The run: its folder, what is built once, and the progress that changes as it trains
 
@@ -483,7 +478,7 @@ class Setup:
 
 # --resume: options that say how to run, and the schedule, may change; nothing else may.
 RUN_OPTIONS = ("data_root", "num_workers", "device", "backend", "no_amp", "compile", "cache",
-               "exp_root", "exp_name", "resume")
+               "exp_root", "exp_name", "resume", "results_file")
 SCHEDULE_OPTIONS = ("epochs", "epochs_coarse", "epochs_prompt", "epochs_fine", "early_stop", "patience")
 
 
@@ -744,7 +739,9 @@ def log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, sh
     s.writer.add_scalar(f"{stage}/val_score", val_score, progress.global_step)
     if shown is not None:
         import torchvision
-        grid = image_grid(*shown)
+        batch, out = shown
+        n = min(4, len(out))
+        grid = comparison_grid(batch["voxel"][:n], batch["tfp"][:n], batch["tfi"][:n], to_image(out[:n]), batch["gt"][:n])
         s.writer.add_image(f"{stage}/spikes_tfp_tfi_recon_gt", grid, progress.global_step)
         torchvision.utils.save_image(grid, os.path.join(
             s.folder.imgs, f"{progress.stage + 1}_{stage}_epoch{epoch:03d}.png"))
@@ -803,7 +800,6 @@ def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
 
 
 def write_results_record(s, progress):
-    from results_tracker import append_record
     args, info = s.args, s.clip_info
     final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
@@ -812,7 +808,7 @@ def write_results_record(s, progress):
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
                         "best_val_score": min(final, default=None),
                         "hq_bank": s.bank_source, "world_size": s.world}}
-    append_record(record, os.path.join(os.getcwd(), "experiment_results.json"))
+    append_record(record, args.results_file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -829,6 +825,8 @@ def train(args):
     device, rank, world = setup_distributed(args.device)
     folder = RunFolder(args.exp_root, args.exp_name)
     args, resume = start_or_resume(args, folder)
+    if rank == 0:
+        check_results_file(args.results_file)    # before the training, not after it
     if resume is not None and resume["stage"] >= len(STAGES):
         print(f"{folder.root}: the run is already complete (all three stages)")
         return 0

@@ -1,6 +1,8 @@
 """Small shared helpers: the error type users can act on, the TFP/TFI baselines (SPEC §6),
 atomic file writes, seeding, device choice."""
+import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -165,12 +167,65 @@ def seed_everything(seed):
 
 
 def pick_device(name="auto"):
+    """--device auto | cpu | cuda | cuda:N, the same in every script -> torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: there are {count} CUDA devices (0 to {count - 1})")
     return device
+
+
+# ----------------------------------------------------------------------------------------------
+# argparse types: a nonsensical flag value is refused when the command line is parsed
+
+def _number_type(cast, ok, what):
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return value
+    parse.__name__ = what    # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v > 0, "a whole number > 0")
+non_negative_int = _number_type(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
+non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
+open_fraction = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
+unit_interval = _number_type(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------
+# Images shared by the training grids, evaluate.py's grid and test.py's panels
+
+def spike_image(voxel):
+    """Spike counts [B, bins, H, W] -> their mean over bins scaled to [0, 1] per sample,
+    [B, 1, H, W]: how the window's spikes look."""
+    spikes = voxel.float().mean(1, keepdim=True)
+    return spikes / spikes.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+
+
+def comparison_grid(voxel, tfp, tfi, recon, gt):
+    """One row per sample: spikes | TFP | TFI | reconstruction | gt (all [B, 1, H, W]; gt black
+    where a sample has none) -> image [3, H', W'] for save_image or TensorBoard."""
+    import torchvision
+    tiles = [spike_image(voxel), tfp, tfi, recon.clamp(0, 1), gt]
+    tiles = torch.stack([t.detach().float().cpu() for t in tiles], dim=1)     # [B, 5, 1, H, W]
+    return torchvision.utils.make_grid(tiles.flatten(0, 1), nrow=5, padding=2)
 
 
 def format_count(n):

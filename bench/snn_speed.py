@@ -13,22 +13,22 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from metrics import latency_ms, percentiles  # noqa: E402
 from models import PlainLRN, SpikingLRN  # noqa: E402
+from utils import pick_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--size", type=int, default=224, help="input height = width")
     p.add_argument("--time_steps", type=int, default=4)
     p.add_argument("--encoding", choices=["direct", "temporal"], default="direct")
@@ -41,29 +41,13 @@ def get_args():
                    help="add torch.compile variants (auto: on CUDA only; on the CPU compiling takes minutes)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
-    cuda = a.device.startswith("cuda")
+    cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
     a.dtype = a.dtype or ("bf16" if cuda else "fp32")
     a.batch = a.batch or (32 if cuda else 4)
     a.runs = a.runs or (100 if cuda else 5)
     a.train_batch = (32 if cuda else 2) if a.train_batch is None else a.train_batch
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
     return a
-
-
-def timed(fn, runs, device, warmup=3):
-    """Median and p90 wall time of fn() in ms (CUDA: synchronised around each call)."""
-    for _ in range(warmup):
-        fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    for _ in range(runs):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
 
 
 def variants(args, device):
@@ -121,8 +105,8 @@ def bench_inference(args, device, models):
             # a reordered float sum can flip a spike whose membrane sits at the threshold; that
             # moves a few output pixels by a readout weight, so also report how many moved
             moved = ((y - y_ref).abs() > 1e-4).float().mean().item() if "ANN" not in name else float("nan")
-            lat, lat90 = timed(lambda: model(x1c), args.runs, device)
-            thr_ms, _ = timed(lambda: model(xb), max(3, args.runs // 5), device)
+            lat = percentiles(latency_ms(lambda: model(x1c), args.runs, device, warmup=3))
+            thr_ms = percentiles(latency_ms(lambda: model(xb), max(3, args.runs // 5), device, warmup=3))["median"]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             with torch.inference_mode(), amp:
@@ -130,9 +114,10 @@ def bench_inference(args, device, models):
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = None
-        rows[name] = {"max_abs_diff": diff, "pixels_moved": moved, "latency_ms": lat, "latency_p90_ms": lat90,
+        rows[name] = {"max_abs_diff": diff, "pixels_moved": moved, "latency_ms": lat["median"],
+                      "latency_p90_ms": lat["p90"],
                       "throughput": args.batch / thr_ms * 1000, "peak_mem_mib": peak}
-        print(f"  {name}: diff {diff:.2e}, batch 1 {lat:.2f} ms, batch {args.batch} "
+        print(f"  {name}: diff {diff:.2e}, batch 1 {lat['median']:.2f} ms, batch {args.batch} "
               f"{rows[name]['throughput']:.1f} img/s", flush=True)
     return rows
 
@@ -172,7 +157,7 @@ def bench_training(args, device, models):
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        ms, _ = timed(step, max(3, args.runs // 10), device, warmup=2)
+        ms = percentiles(latency_ms(step, max(3, args.runs // 10), device, warmup=2))["median"]
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         rows[name] = {"train_samples_per_s": args.train_batch / ms * 1000, "train_peak_mem_gib": peak}
         print(f"  train {name}: {rows[name]['train_samples_per_s']:.2f} samples/s", flush=True)
@@ -181,7 +166,7 @@ def bench_training(args, device, models):
 
 def main():
     args = get_args()
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         card = torch.cuda.get_device_name(device)

@@ -215,7 +215,11 @@ def test_load_npz_empty_and_not_a_zip(tmp_path):
     path.write_bytes(b"")
     raises_naming(path, dataset.load_npz, path)
     path.write_bytes(b"this is not a numpy file at all" * 10)
-    raises_naming(path, dataset.load_npz, path)
+    raises_naming(path, dataset.load_npz, path, match="not a valid .npz")
+    path.write_bytes(os.urandom(4096))                 # numpy alone says "allow_pickle"
+    with pytest.raises(SpikeDataError) as e:
+        dataset.load_npz(str(path))
+    assert "not a valid .npz" in str(e.value) and "pickle" not in str(e.value)
 
 
 def test_load_npz_plain_npy_under_npz_name(tmp_path):
@@ -459,10 +463,10 @@ def test_dataset_label_out_of_range_names_file(tmp_path):
 
 
 def test_dataset_missing_or_empty_folder(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SpikeDataError, match="no such folder"):
         small_ds(tmp_path)
     make_split(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SpikeDataError, match="no .npz files"):
         small_ds(tmp_path)
     with pytest.raises(ValueError):
         dataset.UHSRDataset(str(tmp_path), "MNIST", "train")

@@ -7,28 +7,13 @@ import pytest
 import torch
 
 import evaluate
-import generate_synthetic_data
-import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    data = root / "data"
-    # 100-px frames so that a 96-px crop gives NIQE one block
-    generate_synthetic_data.main(["--num_train", "2", "--num_test", "1", "--frame_size", "100",
-                                  "--data_root", str(data), "--workers", "1", "--light", "normal"])
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train.main(["--data_root", str(data), "--exp_root", str(root / "exp"), "--exp_name", "run1",
-                    "--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none",
-                    "--num_workers", "0", "--epochs", "3", "--time_steps", "2"])
-    finally:
-        os.chdir(cwd)
-    return root, data, root / "exp" / "run1" / "ckpts" / "checkpoint_best.pth"
+def trained(tiny_run):
+    return tiny_run["root"], tiny_run["data"], tiny_run["ckpt"]
 
 
 def test_evaluate_writes_csv_summary_grid_and_record(trained, tmp_path):
@@ -38,7 +23,7 @@ def test_evaluate_writes_csv_summary_grid_and_record(trained, tmp_path):
                           "--num_workers", "0", "--exp_root", str(tmp_path / "exp"),
                           "--results_file", str(results), "--num_grid", "3"])
     assert code == 0
-    out = tmp_path / "exp" / "run1"                       # named after the run folder, not 'ckpts'
+    out = tmp_path / "exp" / "tinyrun"                    # named after the run folder, not 'ckpts'
     rows = list(csv.DictReader(open(out / "eval_CIFAR_test.csv")))
     assert len(rows) == 10                                # 10 classes x 1 test sample
     assert {"snn_top1", "tfp_niqe", "tfi_psnr", "snn_ssim", "snn_pred"} <= set(rows[0])
@@ -46,7 +31,7 @@ def test_evaluate_writes_csv_summary_grid_and_record(trained, tmp_path):
     assert "NOT semantic" in summary and "input 96x96" in summary and "1x1 blocks" in summary
     assert (out / "imgs" / "eval_CIFAR_test_grid.png").exists()
     record = json.loads(results.read_text())["runs"][0]
-    assert record["run_name"] == "run1" and record["kind"] == "evaluate"
+    assert record["run_name"] == "tinyrun" and record["kind"] == "evaluate"
     assert record["clip_random_init"] is True
     for method in ("snn", "tfp", "tfi"):
         m = record["metrics"][method]
@@ -110,3 +95,55 @@ def test_a_raw_dat_stream_with_gt_is_scored(trained, tmp_path):
     (tmp_path / "bad.dat").write_bytes(b"\x00" * 1001)
     assert evaluate.main(["--checkpoint", str(ckpt), "--dat", str(tmp_path / "bad.dat"), "--height", "96",
                           "--width", "104", "--results_file", str(results)]) == 2
+
+
+def test_a_stream_smaller_than_a_niqe_block_skips_niqe(trained, tmp_path):
+    import numpy as np
+    from dataset import write_dat
+    _, _, ckpt = trained
+    spk = (np.random.default_rng(1).random((200, 48, 64)) < 0.3).astype(np.uint8)
+    write_dat(str(tmp_path / "small.dat"), spk)
+    results = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--dat", str(tmp_path / "small.dat"), "--height", "48",
+                          "--width", "64", "--exp_root", str(tmp_path / "exp"), "--results_file", str(results)]) == 0
+    record = json.loads(results.read_text())["runs"][0]
+    assert set(record["metrics"]["snn"]) == {"brisque", "piqe"} and "niqe skipped" in record["iqa_variant"]
+
+
+def test_an_unusable_results_file_is_refused_before_the_work(trained, tmp_path, capsys):
+    _, data, ckpt = trained
+    results = tmp_path / "r.json"
+    results.write_text("{ half a results file")
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data_root", str(data), "--num_workers", "0",
+                          "--exp_root", str(tmp_path / "exp"), "--results_file", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert str(results) in err and "not valid JSON" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists()                 # nothing was evaluated
+    assert results.read_text() == "{ half a results file"
+
+
+@pytest.mark.parametrize("flag,value", [("--crop_size", "0"), ("--crop_size", "-3"), ("--batch_size", "0"),
+                                        ("--height", "0"), ("--width", "-1"), ("--rate", "0"),
+                                        ("--rate", "nan"), ("--tfp_window", "0"), ("--num_workers", "-1"),
+                                        ("--dataset", "mnist")])
+def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluate.get_args(["--checkpoint", "x.pth", flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_device_and_data_errors_are_one_line(trained, tmp_path, capsys):
+    _, data, ckpt = trained
+    args = ["--checkpoint", str(ckpt), "--num_workers", "0", "--exp_root", str(tmp_path / "exp"),
+            "--results_file", str(tmp_path / "r.json")]
+    n = torch.cuda.device_count()
+    assert evaluate.main(args + ["--data_root", str(data), "--device", f"cuda:{n}"]) == 2
+    assert "--device cuda:" in capsys.readouterr().err
+    assert evaluate.main(args + ["--data_root", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad" / "U-CIFAR" / "test"
+    bad.mkdir(parents=True)
+    (bad / "0.npz").write_bytes(os.urandom(3000))
+    assert evaluate.main(args + ["--data_root", str(tmp_path / "bad")]) == 2
+    assert "0.npz: not a valid .npz" in capsys.readouterr().err

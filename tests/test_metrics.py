@@ -8,6 +8,7 @@ import torch
 
 import metrics
 import prepare_iqa_params as prep
+from utils import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDS_PNG = os.path.join(ROOT, "..", "shared", "datasets", "reds-base-sample", "203_part2_key_id151.png")
@@ -71,7 +72,7 @@ def test_parse_libsvm_model_fills_omitted_features():
 
 def test_missing_params_give_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub dir
-    with pytest.raises(FileNotFoundError, match="setup.sh"):
+    with pytest.raises(InputError, match="setup.sh"):
         metrics.NoReferenceIQA("cpu")
 
 

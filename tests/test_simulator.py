@@ -10,6 +10,7 @@ from PIL import Image
 import dataset
 import generate_synthetic_data as gen
 import utils
+from utils import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR_DIR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-test")
@@ -292,22 +293,36 @@ def test_source_dir_caltech_aliases(tmp_path):
     assert names == {"ceilingfan", "car", "faces", "Leopards"}
 
 
-def test_source_dir_unknown_folder_is_an_error(tmp_path):
+def test_source_dir_unknown_folder_is_an_error(tmp_path, capsys):
     src = str(tmp_path / "src")
     make_image_folder(src, ["airplane", "spaceship"], per_class=1, size=8)
-    with pytest.raises(SystemExit, match="spaceship"):
+    with pytest.raises(InputError, match="spaceship"):
         gen.folder_source(src, "CIFAR")
-    with pytest.raises(SystemExit):
-        gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "0", "--workers", "1",
-                  "--data_root", str(tmp_path / "out")])
+    assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "0", "--workers", "1",
+                     "--data_root", str(tmp_path / "out")]) == 2
+    assert "spaceship" in capsys.readouterr().err
 
 
-def test_source_dir_too_few_images_is_an_error(tmp_path):
+def test_source_dir_too_few_images_is_an_error(tmp_path, capsys):
     src = str(tmp_path / "src")
     make_image_folder(src, ["frog"], per_class=1, size=8)
-    with pytest.raises(SystemExit, match="frog"):
-        gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--workers", "1",
-                  "--data_root", str(tmp_path / "out")])
+    assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--workers", "1",
+                     "--data_root", str(tmp_path / "out")]) == 2
+    assert "frog" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--rate", "0"), ("--rate", "nan"), ("--frame_size", "-5"),
+                                        ("--num_frames", "0"), ("--dataset", "mnist")])
+def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        gen.main([flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_procedural_streams_fire_like_the_low_light_camera():
+    spk = gen.procedural_streams(2, 32, num_frames=40)
+    assert spk.shape == (2, 40, 32, 32) and spk.dtype == np.uint8
+    assert 0.005 < spk.mean() < 0.1
 
 
 REDS = os.path.join(ROOT, "..", "shared", "datasets", "reds-base-sample", "203_part2_key_id151")

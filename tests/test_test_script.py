@@ -8,13 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-import generate_synthetic_data
 import metrics
-import train
 from models import PlainLRN, SpikingLRN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXP = "tinyrun"
+EXP = "tinyrun"   # conftest.tiny_run
 
 # test.py shares its name with the standard library's `test` package: load it by path
 _spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))
@@ -22,29 +20,12 @@ test_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(test_script)
 
 
-@pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    """Tiny simulated data (40x40 frames) and a tiny checkpoint (crop 32, tiny random CLIP)."""
-    root = tmp_path_factory.mktemp("testscript")
-    data = root / "data"
-    generate_synthetic_data.main(["--num_train", "1", "--num_test", "1", "--frame_size", "40",
-                                  "--data_root", str(data), "--workers", "1"])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)   # train.py writes experiment_results.json into the cwd
-        train.main(["--data_root", str(data), "--crop_size", "32", "--clip_model", "tiny",
-                    "--clip_pretrained", "none", "--epochs", "3", "--num_workers", "0",
-                    "--exp_root", str(root / "exp"), "--exp_name", EXP])
-    ckpt = root / "exp" / EXP / "ckpts" / "checkpoint_best.pth"
-    assert ckpt.is_file()
-    return {"root": root, "data": data, "ckpt": str(ckpt)}
-
-
-def test_panels_for_num_samples(run, monkeypatch, capsys):
-    monkeypatch.chdir(run["root"])   # default output: exp/<experiment>/test
-    rc = test_script.main(["--checkpoint", run["ckpt"], "--data_root", str(run["data"]),
+def test_panels_for_num_samples(tiny_run, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_run["root"])   # default output: exp/<experiment>/test
+    rc = test_script.main(["--checkpoint", tiny_run["ckpt"], "--data_root", str(tiny_run["data"]),
                            "--num_samples", "2"])
     assert rc == 0
-    out_dir = run["root"] / "exp" / EXP / "test"
+    out_dir = tiny_run["root"] / "exp" / EXP / "test"
     pngs = sorted(out_dir.glob("test_*.png"))
     assert len(pngs) == 2
     with Image.open(pngs[0]) as img:
@@ -54,9 +35,9 @@ def test_panels_for_num_samples(run, monkeypatch, capsys):
     assert out.count("pred ") == 2 and "/ true " in out
 
 
-def test_benchmark_writes_record(run, tmp_path, capsys):
+def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
     results = tmp_path / "results.json"
-    rc = test_script.main(["--checkpoint", run["ckpt"], "--data_root", str(run["data"]),
+    rc = test_script.main(["--checkpoint", tiny_run["ckpt"], "--data_root", str(tiny_run["data"]),
                            "--benchmark", "--bench_runs", "3", "--bench_batches", "1,2",
                            "--results_file", str(results)])
     assert rc == 0
@@ -78,16 +59,47 @@ def test_benchmark_writes_record(run, tmp_path, capsys):
     for key in ("params", "macs", "sops", "theoretical_energy_mj", "weights_bytes", "input_size",
                 "time_steps"):
         assert number(b[key]), key
-    assert b["input_size"] == 32 and b["time_steps"] == 4 and b["dtype"] == "fp32"
+    assert b["input_size"] == 32 and b["time_steps"] == 2 and b["dtype"] == "fp32"
     assert b["backend"] == "fast" and b["energy_mj_per_image"] is None
     assert len(b["firing_rates"]) == 4 and all(0 <= r <= 1 for r in b["firing_rates"].values())
-    # MACs at 32x32: (T=4) x 32*32*9*(50*64 + 64*128 + 128*64 + 64*16 + 16*1)
-    assert b["macs"] == 4 * 32 * 32 * 9 * 20624
+    # MACs at 32x32: (T=2) x 32*32*9*(50*64 + 64*128 + 128*64 + 64*16 + 16*1)
+    assert b["macs"] == 2 * 32 * 32 * 9 * 20624
 
 
-def test_plain_cnn_checkpoint(run, tmp_path, capsys):
+def test_benchmark_without_data_uses_simulated_spikes_and_says_how_long(tiny_run, tmp_path, capsys):
+    results = tmp_path / "results.json"
+    assert test_script.main(["--checkpoint", tiny_run["ckpt"], "--data_root", str(tmp_path / "nothing"),
+                             "--benchmark", "--bench_runs", "2", "--bench_batches", "1",
+                             "--results_file", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "simulated low-light streams" in out
+    assert "latency, batch 1: 4 timed calls, about" in out and "throughput, batch 1:" in out
+    b = json.loads(results.read_text())["runs"][0]["benchmark"]
+    assert b["firing_rates_input"].startswith("8 simulated low-light streams")
+    assert all(0 < r < 1 for r in b["firing_rates"].values())
+
+
+def test_default_benchmark_work_is_sized_to_the_device(tiny_run, tmp_path, capsys):
+    results = tmp_path / "results.json"
+    assert test_script.main(["--checkpoint", tiny_run["ckpt"], "--data_root", str(tiny_run["data"]),
+                             "--benchmark", "--results_file", str(results), "--device", "cpu"]) == 0
+    b = json.loads(results.read_text())["runs"][0]["benchmark"]
+    runs, batches = test_script.DEFAULT_BENCH["cpu"]
+    assert b["latency_ms"]["runs"] == runs and set(b["throughput"]) == {str(x) for x in batches}
+
+
+def test_device_is_checked_like_every_script(tiny_run, tmp_path, capsys):
+    n = torch.cuda.device_count()
+    assert test_script.main(["--checkpoint", tiny_run["ckpt"], "--device", f"cuda:{n}", "--num_samples", "0",
+                             "--output_dir", str(tmp_path)]) == 2
+    assert f"--device cuda:{n}" in capsys.readouterr().err
+    assert test_script.main(["--checkpoint", tiny_run["ckpt"], "--device", "gpu"]) == 2
+    assert "expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_plain_cnn_checkpoint(tiny_run, tmp_path, capsys):
     """An ANN (plain-CNN LRN) checkpoint: panel captioned ANN, all MACs, no SOPs or rates."""
-    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     torch.manual_seed(0)
     ann = PlainLRN()
     ckpt.update(model_config=ann.config(), model=ann.state_dict())
@@ -96,7 +108,7 @@ def test_plain_cnn_checkpoint(run, tmp_path, capsys):
     path = folder / "checkpoint_best.pth"
     torch.save(ckpt, path)
     results = tmp_path / "results.json"
-    assert test_script.main(["--checkpoint", str(path), "--data_root", str(run["data"]),
+    assert test_script.main(["--checkpoint", str(path), "--data_root", str(tiny_run["data"]),
                              "--num_samples", "1", "--output_dir", str(tmp_path / "panels"),
                              "--benchmark", "--bench_runs", "2", "--bench_batches", "1",
                              "--results_file", str(results)]) == 0

@@ -10,25 +10,21 @@ import torch
 import generate_synthetic_data
 import train
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
+from conftest import TINY_TRAIN
 from dataset import UCIFAR_CLASSES
 from models import SpikingLRN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none", "--num_workers", "0",
-        "--batch_size", "4", "--time_steps", "2", "--random_clip_terms"]   # exercise every loss term
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_synthetic_data.main(["--num_train", "2", "--num_test", "1", "--frame_size", "40",
-                                  "--data_root", str(root), "--workers", "1", "--light", "normal"])
-    return str(root)
+def data_root(tiny_data):
+    return str(tiny_data)
 
 
 def run(tmp_path, data_root, name, *extra):
     return train.main(["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", name,
-                       *TINY, *extra])
+                       *TINY_TRAIN, *extra])
 
 
 def load(path):
@@ -243,7 +239,7 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path, data_root):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train.py"), "--data_root", data_root, "--exp_root", str(tmp_path / "exp"),
-           "--exp_name", "ddp", "--epochs", "3", "--device", "cpu", *TINY]
+           "--exp_name", "ddp", "--epochs", "3", "--device", "cpu", *TINY_TRAIN]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load(tmp_path / "exp" / "ddp" / "ckpts" / "checkpoint_last.pth")
@@ -272,7 +268,7 @@ def test_early_stop_ends_a_stage_after_patience_epochs_without_improvement(tmp_p
 def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "offline",
-            *[a for a in TINY if a != "--random_clip_terms"],
+            *[a for a in TINY_TRAIN if a != "--random_clip_terms"],
             "--epochs_coarse", "1", "--epochs_prompt", "2", "--epochs_fine", "1"]
     assert train.main(argv) == 0
     assert "losses are OFF" in capsys.readouterr().out
@@ -287,8 +283,8 @@ def test_augmented_training_views_match_spikes_and_gt(data_root):
     """With the crop as large as the frame, a view is a flip/rotation of the whole sample, and
     the spikes and the gt must have been given the same one."""
     from dataset import UHSRDataset
-    plain = UHSRDataset(data_root, "CIFAR", "train", crop_size=40)[0]
-    ds = UHSRDataset(data_root, "CIFAR", "train", crop_size=40, augment=True)
+    plain = UHSRDataset(data_root, "CIFAR", "train", crop_size=100)[0]    # conftest.tiny_data: 100x100 frames
+    ds = UHSRDataset(data_root, "CIFAR", "train", crop_size=100, augment=True)
     torch.manual_seed(0)
     seen = set()
     for _ in range(12):
@@ -349,3 +345,31 @@ def test_linear_skip_starts_from_the_least_squares_image(data_root):
     ref = torch.linalg.lstsq(a, gt.flatten().double()[:, None]).solution[:, 0]
     best = (a @ ref - gt.flatten().double()).square().mean()
     assert fit <= best * 1.3         # fitted on a random ~63% of these pixels, so near the optimum
+
+
+@pytest.mark.parametrize("flag,value", [("--crop_size", "0"), ("--crop_size", "-8"), ("--batch_size", "0"),
+                                        ("--lr", "0"), ("--lr", "nan"), ("--lr", "-1e-4"), ("--time_steps", "0"),
+                                        ("--beta", "1.5"), ("--threshold", "0"), ("--val_fraction", "0"),
+                                        ("--val_fraction", "1"), ("--num_workers", "-1"), ("--patience", "0"),
+                                        ("--dataset", "mnist"), ("--epochs_fine", "-1")])
+def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.get_args([flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_dataset_vocabulary_and_the_older_spelling():
+    assert train.get_args(["--dataset", "caltech"]).data_type == "CALTECH"
+    assert train.get_args(["--data_type", "CIFAR"]).data_type == "CIFAR"
+    assert train.get_args([]).data_type == "CIFAR"
+
+
+def test_bad_data_and_results_file_are_one_line_errors(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path, str(tmp_path / "nowhere"), "nodata", "--epochs", "3") == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "experiment_results.json").write_text("[1, 2]")
+    assert run(tmp_path, data_root, "badresults", "--epochs", "3") == 2
+    assert "experiment_results.json" in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "badresults").exists()    # refused before training
