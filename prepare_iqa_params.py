@@ -25,6 +25,7 @@ Exit status is non-zero, with a message naming the file and the problem, on any 
 import argparse
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -92,9 +93,7 @@ def try_pyiqa_download(paths, timeout_s):
     for name, path in paths.items():
         if check_file(name, path) is None:
             continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # temp dir next to the target, so that os.replace stays on one filesystem
-        with tempfile.TemporaryDirectory(dir=os.path.dirname(path), prefix=".download.") as tmp:
+        with tempfile.TemporaryDirectory(prefix="pyiqa-download.") as tmp:
             tmp_path = os.path.join(tmp, os.path.basename(path))
             url = PYIQA_URL.format(os.path.basename(path))
             try:
@@ -107,7 +106,8 @@ def try_pyiqa_download(paths, timeout_s):
             problem = check_file(name, tmp_path)
             if problem:
                 return f"{url}: downloaded file does not pass the check: {problem}"
-            os.replace(tmp_path, path)
+            with open(tmp_path, "rb") as src:
+                write_checked(path, lambda f: shutil.copyfileobj(src, f), name)
     return None
 
 
