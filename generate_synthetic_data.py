@@ -315,7 +315,7 @@ class SimulatedStreams(torch.utils.data.Dataset):
         self.images = [(label, path) for label, refs in sorted(folder_source(source_dir, data_type).items())
                        for _, path in refs if sample_name(path, names[label]) not in exclude]
         if not self.images:
-            raise SystemExit(f"{source_dir}: no images left for training after excluding the "
+            raise InputError(f"{source_dir}: no images left for training after excluding the "
                              f"{len(exclude)} used by the validation/test files")
         self.data_type, self.class_names, self.cfg = data_type, names, cfg
         self.crop_size, self.bins, self.num_frames = crop_size, bins, num_frames
@@ -324,7 +324,7 @@ class SimulatedStreams(torch.utils.data.Dataset):
         self.margin = motion_margin(cfg)
         h, w = cfg.frame_hw
         if min(h, w) < crop_size:
-            raise SystemExit(f"--crop_size {crop_size} is larger than the {h}x{w} sensor")
+            raise InputError(f"--crop_size {crop_size} is larger than the {h}x{w} sensor")
 
     def __len__(self):
         return self.length

@@ -22,7 +22,7 @@ step "simulate U-CIFAR (low light)" \
   $PY generate_synthetic_data.py --dataset cifar --num_train 4 --num_test 2 --light low --data_root "$DATA" \
     --frame_size $((CROP + 16))
 step "train: coarse, prompt, fine" \
-  $PY train.py --data_type CIFAR --data_root "$DATA" --exp_name "$EXP" --crop_size "$CROP" \
+  $PY train.py --dataset cifar --data_root "$DATA" --exp_name "$EXP" --crop_size "$CROP" \
     --epochs_coarse 3 --epochs_prompt 1 --epochs_fine 1 --batch_size 4 --lr 1e-3 --time_steps 4 \
     --clip_pretrained "$CLIP" $( [ -f "exp/$EXP/ckpts/checkpoint_last.pth" ] && echo --resume )
 step "evaluate vs TFP/TFI" $PY evaluate.py --checkpoint "$CKPT" --data_root "$DATA"

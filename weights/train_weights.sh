@@ -24,7 +24,7 @@ CROP=${CROP:-64}
 PY=venv/bin/python
 $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" --light "$LIGHT" \
     --num_train 1 --num_test 1 --data_root "$DATA"
-$PY train.py --data_type CALTECH --data_root "$DATA" --simulate_from "$SRC" --light "$LIGHT" \
+$PY train.py --dataset caltech --data_root "$DATA" --simulate_from "$SRC" --light "$LIGHT" \
     --exp_name "$EXP" --arch snn --time_steps 4 --encoding direct --linear_skip \
     --crop_size "$CROP" --batch_size "$BATCH" --lr 1e-3 --recon_target gt \
     --epoch_size "$EPOCH_SIZE" --epochs_coarse "$EPOCHS" --epochs_prompt 0 --epochs_fine 0 \
