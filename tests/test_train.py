@@ -336,7 +336,7 @@ def test_linear_skip_starts_from_the_least_squares_image(data_root):
     batch = next(iter(loader))
     x, gt = batch["voxel"].float(), batch["gt"]
     before = (model(x) - gt).abs().mean()
-    rmse = train.fit_linear_skip(model, loader, "gt", torch.device("cpu"), pixels_per_image=32 * 32)
+    rmse = train.fit_linear_skip(model, loader, "gt", torch.device("cpu"), pixels_per_image=8 * 32 * 32)
     after = (model(x) - gt).abs().mean()
     assert after < 0.5 * before and rmse < 0.2
     a = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 450)
@@ -344,7 +344,9 @@ def test_linear_skip_starts_from_the_least_squares_image(data_root):
     fit = (a @ torch.cat([model.skip.weight.flatten(), model.skip.bias]).double() - gt.flatten().double()).square().mean()
     ref = torch.linalg.lstsq(a, gt.flatten().double()[:, None]).solution[:, 0]
     best = (a @ ref - gt.flatten().double()).square().mean()
-    assert fit <= best * 1.3         # fitted on a random ~63% of these pixels, so near the optimum
+    # fitted on ~all of these pixels (8 random draws per pixel, so a few weigh more): near the
+    # optimum (with one draw per pixel, only ~63% of them, the fit on the shared 100-px data was 2x)
+    assert fit <= best * 1.3
 
 
 @pytest.mark.parametrize("flag,value", [("--crop_size", "0"), ("--crop_size", "-8"), ("--batch_size", "0"),
