@@ -39,15 +39,12 @@ from tqdm import tqdm
 
 from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, load_npz, numeric_sort_key,
                      voxelize_on_device)
-from models import CheckpointError, SpikingLRN, load_checkpoint, model_from_checkpoint, to_image
-from utils import atomic_write, pick_device, tfi, tfp
+from models import SpikingLRN, load_checkpoint, model_from_checkpoint, to_image
+from utils import (InputError, atomic_write, non_negative_int, pick_device, positive_float, positive_int,
+                   report_input_error, tfi, tfp)
 
 WINDOW = UHSR_FRAMES    # spike frames behind one output frame: the networks' training window
 VIDEO_QUALITY = 7       # imageio-ffmpeg's 0-10 scale; 7 is libx264 -crf 15, near lossless
-
-
-class InputError(Exception):
-    """Unusable options or input (exit status 2)."""
 
 
 def get_args(argv=None):
@@ -56,20 +53,20 @@ def get_args(argv=None):
     p.add_argument("--input", required=True, help="a Vidar .dat, a folder of .dat files, or a UHSR .npz")
     p.add_argument("--output", required=True, help="OUT.mp4 | OUT.png | OUT.npy | a folder (PNG sequence)")
     g = p.add_argument_group("stream")
-    g.add_argument("--height", type=int, default=250, help=".dat frame height")
-    g.add_argument("--width", type=int, default=400, help=".dat frame width (416: the 16 extra "
-                                                          "columns of a raw capture are dropped)")
-    g.add_argument("--start", type=int, default=0, help="first spike frame used")
-    g.add_argument("--end", type=int, help="spike frame where the input ends (default: the stream's end)")
-    g.add_argument("--crop", type=int, help="reconstruct only the centre CROP x CROP pixels")
-    g.add_argument("--camera_hz", type=float, default=40000.0,
+    g.add_argument("--height", type=positive_int, default=250, help=".dat frame height")
+    g.add_argument("--width", type=positive_int, default=400, help=".dat frame width (416: the 16 extra "
+                                                                   "columns of a raw capture are dropped)")
+    g.add_argument("--start", type=non_negative_int, default=0, help="first spike frame used")
+    g.add_argument("--end", type=positive_int, help="spike frame where the input ends (default: the stream's end)")
+    g.add_argument("--crop", type=positive_int, help="reconstruct only the centre CROP x CROP pixels")
+    g.add_argument("--camera_hz", type=positive_float, default=40000.0,
                    help="the camera's frame rate, for the 'x real time' figure")
     g = p.add_argument_group("time")
-    g.add_argument("--stride", type=int, default=50,
+    g.add_argument("--stride", type=positive_int, default=50,
                    help="spike frames between output frames (50: 800 output frames per second of a "
                         "40 kHz recording); a stateful SNN needs a multiple of its 200/T frames a step")
-    g.add_argument("--fps", type=float, default=30.0, help="frame rate of the written .mp4")
-    g.add_argument("--reset_every", type=int,
+    g.add_argument("--fps", type=positive_float, default=30.0, help="frame rate of the written .mp4")
+    g.add_argument("--reset_every", type=positive_int,
                    help="stateful SNN: restart the membranes every N output frames (default: never)")
     g.add_argument("--sliding", action="store_true",
                    help="run a temporal-encoding SNN on independent windows (each from zero membranes) "
@@ -78,20 +75,12 @@ def get_args(argv=None):
     g.add_argument("--side_by_side", action="store_true",
                    help="each image gets TFP and TFI of the same window as columns on its left "
                         "(and an .npz sample's ground truth on its right)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", choices=["fp32", "bf16"],
                    help="precision of the network's convolutions (default: bf16 on CUDA, fp32 on the CPU)")
-    g.add_argument("--batch", type=int,
+    g.add_argument("--batch", type=positive_int,
                    help="windows (stateful: time steps) per device call (default: 16 on CUDA, 1 on the CPU)")
     args = p.parse_args(argv)
-    for name in ("height", "width", "crop", "stride", "reset_every", "batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("fps", "camera_hz"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name} must be > 0, got {getattr(args, name)}")
-    if args.start < 0:
-        p.error(f"--start must be >= 0, got {args.start}")
     if args.end is not None and args.end <= args.start:
         p.error(f"--end {args.end} must be after --start {args.start}")
     return args
@@ -466,7 +455,9 @@ def main(argv=None):
     args = get_args(argv)
     try:
         return run(args)
-    except (CheckpointError, SpikeDataError, InputError, ValueError, OSError) as e:
+    except InputError as e:
+        return report_input_error(e)
+    except (ValueError, OSError) as e:   # e.g. a video encoder that refuses the frame size
         print(f"error: {e}", file=sys.stderr)
         return 2
 
