@@ -93,14 +93,20 @@ class NoReferenceIQA:
         self.metrics = {}
         for name in self.names:
             extra = {"pretrained_model_path": param_paths[name]} if name in param_paths else {}
-            self.metrics[name] = pyiqa.create_metric(name, as_loss=False, device=self.device, **extra)
+            # the range is ours to handle (see __call__), so pyiqa's own [0, 1] assertion is off
+            self.metrics[name] = pyiqa.create_metric(name, as_loss=False, device=self.device,
+                                                     check_input_range=False, **extra)
         self.input_hw = None  # (H, W) of the last batch scored, for describe()
 
     @torch.no_grad()
-    def __call__(self, images):
-        """images [B,1 or 3,H,W] in [0,1] (clamped) -> {name: scores [B] float32 on the CPU}."""
+    def __call__(self, images, clamp=True):
+        """images [B,1 or 3,H,W] in [0,1] -> {name: scores [B] float32 on the CPU}.
+
+        clamp=False scores values outside [0, 1] as they are, which is what the original SpikeCLIP
+        evaluation did with its LRN's raw output (with a pyiqa that did not yet check the range)."""
         assert images.dim() == 4 and images.shape[1] in (1, 3), f"expected [B,1|3,H,W], got {tuple(images.shape)}"
-        images = images.to(self.dtype).clamp(0, 1).to(self.device)
+        images = images.to(self.dtype)
+        images = (images.clamp(0, 1) if clamp else images).to(self.device)
         if images.shape[1] == 1:
             images = images.repeat(1, 3, 1, 1)  # pyiqa is meant to get 3 channels (SPEC §7)
         self.input_hw = tuple(images.shape[2:])

@@ -26,12 +26,14 @@ Record schema -- every field may be missing; readers must cope:
     split             str    e.g. "test"
     checkpoint        str    path of the checkpoint that was run
     arch              str    "snn" | "ann"
+    model             str    what the network is, e.g. "SNN (T=4, direct)", "ANN (plain-CNN LRN)",
+                             "the original SpikeCLIP LRN" (the authors' trained weights)
     clip_model        str    e.g. "ViT-B-32"
     clip_weights      str    "openai", a file path, or "none (random init)"
     clip_random_init  bool   True when CLIP was randomly initialised
     warnings          [str]
   kind == "evaluate":
-    metrics = {"snn": M, "tfp": M, "tfi": M}   (the model, and the TFP / TFI baselines)
+    metrics = {"snn" or "ann": M, "tfp": M, "tfi": M}   (the model, and the TFP / TFI baselines)
         M has any of: top1, top5 (fractions in [0, 1]), niqe, brisque, piqe, psnr, ssim (floats),
         num_samples (int), iqa_variant (str)
   kind == "benchmark":
@@ -270,7 +272,7 @@ def _largest_batch_fps(throughput):
     return best
 
 
-IDENTITY = ("checkpoint", "arch", "clip_model", "clip_weights", "clip_random_init", "split")
+IDENTITY = ("checkpoint", "arch", "model", "clip_model", "clip_weights", "clip_random_init", "split")
 
 
 def _merge_group(name, dataset, latest):
@@ -281,6 +283,8 @@ def _merge_group(name, dataset, latest):
     # Identity fields: the evaluation is what the accuracy columns describe, so it wins.
     for key in IDENTITY:
         row[key] = next((r[key] for r in recs if r.get(key) is not None), None)
+    if row["model"] is None and row["arch"] is not None:   # records from before the "model" field
+        row["model"] = str(row["arch"]).upper()
     row["date"] = max(recs, key=lambda r: _time_key(r, 0)).get("timestamp")
     model = _get(ev, "metrics", "snn") or _get(ev, "metrics", "ann") or {}
     for key in ("top1", "top5", "niqe", "brisque", "piqe", "psnr", "ssim"):
@@ -435,7 +439,7 @@ def fmt_value(key, v):
 
 # (header, row key) of the table columns; _table_cells knows how each one prints
 COLUMNS = [
-    ("*", "best"), ("name", "name"), ("date", "date"), ("dataset", "dataset"),
+    ("*", "best"), ("name", "name"), ("date", "date"), ("dataset", "dataset"), ("model", "model"),
     ("checkpoint", "checkpoint"), ("CLIP weights", "clip_weights"), ("top1", "top1"),
     ("top5", "top5"), ("NIQE", "niqe"), ("BRISQUE", "brisque"), ("PIQE", "piqe"),
     ("PSNR", "psnr"), ("SSIM", "ssim"), ("latency ms", "latency_ms"), ("FPS (batch)", "fps"),
@@ -467,7 +471,7 @@ def _table_cells(row):
 
 # csv carries raw values for spreadsheets (accuracy as a fraction, missing = empty cell) and the
 # identity fields the table leaves out to stay narrow.
-CSV_COLUMNS = ["best", "name", "date", "dataset", "split", "checkpoint", "arch", "clip_model",
+CSV_COLUMNS = ["best", "name", "date", "dataset", "split", "checkpoint", "arch", "model", "clip_model",
                "clip_weights", "clip_status", "top1", "top5", "niqe", "brisque", "piqe", "psnr",
                "ssim", "latency_ms", "fps", "fps_batch", "energy_mj_per_image", "params"]
 

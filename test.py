@@ -30,7 +30,7 @@ from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHS
                      voxelize_on_device)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from metrics import NvmlEnergyMeter, count_macs, synaptic_ops
-from models import CheckpointError, load_checkpoint, model_from_checkpoint, to_image
+from models import CheckpointError, load_checkpoint, model_from_checkpoint, model_name, scored_image
 from results_tracker import RESULTS_FILE, append_record
 from utils import pick_device
 
@@ -208,8 +208,10 @@ class Labeller:
 
 
 def reconstruct(runner, voxel):
+    """The image CLIP labels (clamped to [0, 1], or raw for the original SpikeCLIP LRN, as its
+    authors' evaluation has it); the panel tiles clip it to [0, 1] for display."""
     with torch.inference_mode():
-        return to_image(runner(runner.prepare(voxel)).float()).cpu()
+        return scored_image(runner.model.config(), runner(runner.prepare(voxel)).float()).cpu()
 
 
 def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
@@ -320,7 +322,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     bins = model.input_channels
     arch = model.config()["arch"]
     max_batch = max(args.bench_batches)
-    print(f"benchmark: {arch.upper()} ({args.backend} backend), input {bins}x{size}x{size}, "
+    print(f"benchmark: {model_name(model.config())} ({args.backend} backend), input {bins}x{size}x{size}, "
           f"{device_name(device)}, dtype {runner.dtype_name}")
     spikes = benchmark_spikes(max_batch, size).to(device)
     with torch.inference_mode():
@@ -388,7 +390,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     }
     print_benchmark(bench, ops)
     record = {"run_name": run_name, "kind": "benchmark", "dataset": f"U-{data_type}",
-              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
+              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch, "model": model_name(model.config()),
               **{k: clip_info.get(k) for k in ("clip_model", "clip_weights", "clip_random_init")},
               "warnings": list(clip_info.get("warnings") or []), "benchmark": bench}
     append_record(record, args.results_file)
@@ -461,7 +463,7 @@ def run(args):
     run_name = args.run_name or exp_name
     args.output_dir = args.output_dir or os.path.join("exp", exp_name, "test")
     arch = model.config()["arch"]
-    print(f"{args.checkpoint}: {arch.upper()}, trained on U-{data_type} at {crop}x{crop}; "
+    print(f"{args.checkpoint}: {model_name(model.config())}, U-{data_type} at {crop}x{crop}; "
           f"{device_name(device)}, dtype {dtype_name}")
 
     if args.num_samples:
