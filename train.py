@@ -5,9 +5,11 @@
               (an unpaired bank) from low-quality ones (stage-1 reconstructions, TFP, TFI)
   3. fine:    clip_weight * CE(class) + prompt_weight * CE(quality -> high) +
               recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out)
-The pseudo-target is TFI, TFP (whole window), or ground truth (--recon_target gt, when the data
-has it). Validation score: the current stage's own weighted loss on the validation split (lower
-is better); it drives --early_stop and checkpoint_best.pth.
+The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, when the data
+has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
+one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN.
+Validation score: the current stage's own weighted loss on the validation split (lower is
+better); it drives --early_stop and checkpoint_best.pth.
 
     python train.py --data_type CIFAR --exp_name cifar_snn --epochs 10
     torchrun --nproc_per_node=2 train.py --data_type CIFAR --exp_name cifar_ddp ...
@@ -32,8 +34,8 @@ from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
                      default_cache_path, load_gt, load_label_name)
 from generate_synthetic_data import LIGHT, SimulatedStreams
-from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, load_checkpoint,
-                    model_from_checkpoint, to_image)
+from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
+                    load_checkpoint, model_from_checkpoint, model_name, to_image)
 from utils import atomic_torch_save, atomic_write_json, pick_device, seed_everything
 
 STAGES = ("coarse", "prompt", "fine")
@@ -104,7 +106,10 @@ def get_args(argv=None):
     g.add_argument("--clip_weight", type=float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
     g.add_argument("--prompt_weight", type=float, default=0.75, help="quality-prompt loss (stages 2, 3)")
     g.add_argument("--tv_weight", type=float, default=0.01, help="total variation of the output (stage 3)")
-    g.add_argument("--recon_target", choices=["tfi", "tfp", "gt"], default="tfi")
+    g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
+                   help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
+    g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
+                                     "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
     g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
@@ -119,6 +124,8 @@ def get_args(argv=None):
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the training forward (auto: on CUDA; on the CPU it costs more than it saves)")
     args = p.parse_args(argv)
+    if (args.recon_target == "teacher") != (args.teacher is not None):
+        p.error("--recon_target teacher and --teacher PATH go together")
     args.stage_epochs = stage_epochs(args, p)
     args.explicit = typed_options(p, argv)
     return args
@@ -237,6 +244,29 @@ def gt_bank(files, size, seed, limit=HQ_BANK_SIZE):
 
 def total_variation(img):
     return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
+
+
+class Teacher:
+    """--recon_target teacher: a trained reconstructor, frozen, whose output is the L1 target."""
+
+    def __init__(self, path, student_bins, device, backend="fast"):
+        ckpt = load_checkpoint(path)
+        self.model = model_from_checkpoint(ckpt, path, backend).to(device).eval().requires_grad_(False)
+        self.identity = checkpoint_identity(ckpt, path)
+        self.bins = self.model.input_channels
+        # every voxel bins the same 200 frames into equal consecutive bins, so a finer student
+        # voxel sums to the teacher's (T*50 temporal bins -> 50 direct ones); a coarser one cannot
+        if student_bins % self.bins:
+            raise CheckpointError(f"{path}: the teacher takes a {self.bins}-bin voxel, which the "
+                                  f"student's {student_bins}-bin voxel cannot be summed into")
+        self.fold = student_bins // self.bins
+
+    @torch.no_grad()
+    def __call__(self, voxel):
+        """voxel [B, student_bins, H, W] -> the teacher's analog output [B, 1, H, W] (float32)."""
+        if self.fold > 1:
+            voxel = voxel.unflatten(1, (self.bins, self.fold)).sum(2)
+        return self.model(voxel).float()
 
 
 class StageLoss:
@@ -464,6 +494,14 @@ def main(argv=None):
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    teacher, teacher_info = None, None
+    if args.recon_target == "teacher":
+        teacher = Teacher(args.teacher, bins, device, args.backend)
+        teacher_info = teacher.identity
+        if resume_ckpt is not None and teacher_info["sha256"] != (resume_ckpt.get("teacher") or {}).get("sha256"):
+            raise CheckpointError(f"{args.teacher}: the teacher file changed since this run started")
+        if is_main:
+            print(f"teacher: {teacher_info['model']} from {args.teacher} (frozen)")
     clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
     if resume_ckpt is None:
         disable_random_clip_terms(args, clip_info, is_main)
@@ -501,8 +539,8 @@ def main(argv=None):
     if is_main:
         for sub in ("ckpts", "imgs", "tensorboard"):
             os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
-        atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world},
-                          os.path.join(run_dir, "opt.json"))
+        atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world,
+                           "teacher": teacher_info}, os.path.join(run_dir, "opt.json"))
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         for w in clip_info["warnings"]:
@@ -522,7 +560,8 @@ def main(argv=None):
                 "crop_size": args.crop_size, "stage": stage, "epoch": epoch,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "early_stop": dict(early), "rng": rng_state(),
-                "global_step": global_step, "val_score": val_score, "history": history}
+                "global_step": global_step, "val_score": val_score, "history": history,
+                "teacher": teacher_info}
 
     def run_stage_step(stage, batch, train):
         """One batch of a stage -> (weighted loss, its terms, output or None)."""
@@ -537,6 +576,8 @@ def main(argv=None):
             return loss, terms, recon
         net = lrn if train else model
         with autocast():
+            if teacher is not None:
+                batch["teacher"] = teacher(batch["voxel"])
             out = net(batch["voxel"]).float()
             if stage == "coarse":
                 loss, terms = losses.coarse(out, batch)
@@ -648,10 +689,12 @@ def main(argv=None):
         from results_tracker import append_record
         record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
                   "checkpoint": os.path.join(ckpt_dir, "checkpoint_best.pth"), "arch": args.arch,
+                  "model": model_name(model.config()),
                   **{k: clip_info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
                   "train": {"stage_epochs": args.stage_epochs, "history": history,
                             "best_val_score": min((h["val_score"] for h in history if h["stage"] == STAGES[-1]), default=None),
-                            "hq_bank": bank_source, "world_size": world}}
+                            "hq_bank": bank_source, "world_size": world,
+                            "recon_target": args.recon_target, "teacher": teacher_info}}
         append_record(record, os.path.join(os.getcwd(), "experiment_results.json"))
         writer.close()
         print(f"done: {run_dir}")
