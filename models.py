@@ -381,7 +381,8 @@ def model_name(config):
         return ORIGINAL_NAME
     if config.get("arch") == "ann":
         return "ANN (plain-CNN LRN)"
-    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')})"
+    skip = ", linear skip" if config.get("linear_skip") else ""
+    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip})"
 
 
 # ----------------------------------------------------------------------------------------------
