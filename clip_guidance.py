@@ -53,7 +53,6 @@ def _create(model_name, pretrained, cache_dir):
 # ----------------------------------------------------------------------------------------------
 # OpenAI's TorchScript CLIP files, read without running them
 
-OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")   # in OpenAI's archives, not weights
 _STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16,
                    "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
                    "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
@@ -126,7 +125,8 @@ def read_torchscript_state_dict(path):
     state, stack = {}, [("", root)]
     while stack:
         prefix, obj = stack.pop()
-        for name, value in (getattr(obj, "state", None) or {}).items():
+        attributes = getattr(obj, "state", None)
+        for name, value in (attributes.items() if isinstance(attributes, dict) else ()):
             if isinstance(value, torch.Tensor):
                 state[prefix + name] = value
             elif isinstance(value, _ScriptObject):
@@ -146,8 +146,11 @@ def _from_torchscript(model_name, path):
         if state[key].shape != value.shape:
             raise ClipWeightsError(f"{path}: '{key}' has shape {list(state[key].shape)}, "
                                    f"{model_name} expects {list(value.shape)}")
-    ignorable = set(OPENAI_META_KEYS) | {name for name, _ in model.named_buffers()}
-    extra = [k for k in state if k not in expected and k not in ignorable]
+    # Tensors the model does not load are fine where the model has that module: non-persistent
+    # buffers (attn_mask), OpenAI's plain tensor attributes (input_resolution, ..., per-block
+    # masks). A tensor of a module the model lacks (e.g. a 13th block) means another model.
+    modules = {name for name, _ in model.named_modules()}
+    extra = [k for k in state if k not in expected and k.rpartition(".")[0] not in modules]
     if extra:
         raise ClipWeightsError(f"{path}: unexpected '{extra[0]}' in the archive: not {model_name} weights")
     model.load_state_dict({k: state[k] for k in expected})    # OpenAI's fp16 weights -> fp32

@@ -94,6 +94,8 @@ def test_a_truncated_archive_is_refused_naming_the_file(traced, tmp_path):
      "'positional_embedding' has shape [77, 64], tiny_other expects [77, 96]"),
     ({"text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3}},
      "no 'transformer.resblocks.2.ln_1.weight' in the archive"),
+    ({"text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}},
+     "unexpected 'transformer.resblocks.1."),
 ])
 def test_an_archive_of_another_model_is_refused_naming_file_and_key(traced, tmp_path, change, message):
     path, _ = traced
