@@ -111,8 +111,17 @@ class NoReferenceIQA:
             images = images.repeat(1, 3, 1, 1)  # pyiqa is meant to get 3 channels (SPEC §7)
         self.input_hw = tuple(images.shape[2:])
         B = images.shape[0]
-        # NIQE squeezes its output to a 0-d tensor when B == 1, hence the reshape
-        return {name: metric(images).reshape(B).float().cpu() for name, metric in self.metrics.items()}
+        # a flat image has no natural-scene statistics: NIQE's covariance is singular (pyiqa
+        # raises), so flat images score NaN ("undefined") instead of stopping the evaluation
+        scored = images.flatten(1).std(1).cpu() > 1e-6
+        out = {}
+        for name, metric in self.metrics.items():
+            scores = torch.full((B,), float("nan"))
+            if scored.any():
+                # NIQE squeezes its output to a 0-d tensor for one image, hence the reshape
+                scores[scored] = metric(images[scored.to(images.device)]).reshape(-1).float().cpu()
+            out[name] = scores
+        return out
 
     def describe(self, height=None, width=None):
         """name -> one line naming the variant and the input size (default: the last batch scored)."""

@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     try:
         train.main(["--data_root", str(data), "--exp_root", str(root / "exp"), "--exp_name", "run1",
                     "--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", "none",
-                    "--num_workers", "0", "--epochs", "3", "--time_steps", "2"])
+                    "--num_workers", "0", "--epochs", "3", "--time_steps", "2", "--linear_skip"])
     finally:
         os.chdir(cwd)
     return root, data, root / "exp" / "run1" / "ckpts" / "checkpoint_best.pth"
