@@ -1,15 +1,26 @@
 """CLIP as a frozen teacher (SPEC §5): loading, zero-shot class logits, learned quality prompts.
 
 - load_clip(): open_clip model + a record of which weights it holds. `--clip_pretrained` is
-  'openai' (hub download, cached in ./clip_model/), a local weights file, 'none' (random init,
-  loudly flagged) or 'auto' ('openai' when obtainable, else 'none'). `--clip_model tiny` is a
+  'openai' (OpenAI's own file ./clip_model/<model>.pt if there, e.g. ViT-B-32.pt as the original
+  SpikeCLIP code keeps it; else a hub download cached in ./clip_model/), a local weights file
+  (open_clip .bin/.safetensors, or OpenAI's TorchScript .pt), 'none' (random init, loudly
+  flagged) or 'auto' ('openai' when obtainable, else 'none'). `--clip_model tiny` is a
   3.4 M-parameter config shipped in clip_configs/ for tests and smoke runs.
+- OpenAI's .pt files are TorchScript archives (torch.jit.save): a zip holding pickled module
+  objects, their tensors and TorchScript code. read_torchscript_state_dict() takes the tensors
+  out with a restricted unpickler that builds nothing but tensors and plain containers, so the
+  archive's code is never compiled or run (torch.jit.load would do both, and torch.load refuses
+  such archives with weights_only=True).
 - ClipGuide: grey reconstructions -> CLIP image features -> class logits / quality logits.
 - QualityPrompts: the learned high-/low-quality prompt pair (CLIP-LIT / CoOp style).
 """
+import collections
+import io
 import os
+import pickle
 import socket
 import warnings
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -38,6 +49,132 @@ def _create(model_name, pretrained, cache_dir):
     quick_gelu = pretrained is not None and model_name != "tiny"
     return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir,
                                   force_quick_gelu=quick_gelu)
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenAI's TorchScript CLIP files, read without running them
+
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16,
+                   "BFloat16Storage": torch.bfloat16, "DoubleStorage": torch.float64,
+                   "LongStorage": torch.int64, "IntStorage": torch.int32, "ShortStorage": torch.int16,
+                   "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool}
+
+
+class _ScriptObject:
+    """Stand-in for a TorchScript class of data.pkl (a module): keeps its state, runs nothing."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    """torch._utils._rebuild_tensor_v2 on our flat storage tensor (requires_grad/hooks dropped)."""
+    return storage.as_strided(size, stride, offset)
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript data.pkl into _ScriptObjects, tensors and plain containers only."""
+
+    def __init__(self, data, read_record):
+        super().__init__(io.BytesIO(data))
+        self.read_record = read_record
+
+    def find_class(self, module, name):
+        if module.startswith("__torch__."):
+            return _ScriptObject
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name in ("build_intlist", "build_doublelist", "build_boollist",
+                                                      "build_tensorlist", "restore_type_tag"):
+            return lambda value, *_: value       # typed lists / type tags: the value itself
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _, numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        data = self.read_record(f"data/{key}")
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if len(data) != numel * itemsize:
+            raise pickle.UnpicklingError(f"storage data/{key} holds {len(data)} bytes, expected {numel * itemsize}")
+        return torch.frombuffer(bytearray(data), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+
+
+def is_torchscript_archive(path):
+    """torch.jit.save's zip has a constants.pkl record (torch.save's zip does not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def read_torchscript_state_dict(path):
+    """{dotted name: tensor} of every tensor attribute of the archive's module tree."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            data_pkl = next(n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl"))
+            prefix = data_pkl[:-len("data.pkl")]
+            if prefix + "byteorder" in z.namelist() and z.read(prefix + "byteorder") != b"little":
+                raise ValueError("big-endian archive")
+            root = _TorchScriptUnpickler(z.read(data_pkl), lambda record: z.read(prefix + record)).load()
+    except Exception as e:   # whatever a damaged or foreign archive raises: name the file
+        raise ClipWeightsError(f"{path}: not a readable TorchScript archive ({type(e).__name__}: {e})") from e
+    state, stack = {}, [("", root)]
+    while stack:
+        prefix, obj = stack.pop()
+        attributes = getattr(obj, "state", None)
+        for name, value in (attributes.items() if isinstance(attributes, dict) else ()):
+            if isinstance(value, torch.Tensor):
+                state[prefix + name] = value
+            elif isinstance(value, _ScriptObject):
+                stack.append((f"{prefix}{name}.", value))
+    return state
+
+
+def _from_torchscript(model_name, path):
+    """OpenAI's CLIP archive -> open_clip's `model_name` with OpenAI's QuickGELU. The model is
+    the named config (not one guessed from the shapes), so e.g. the tiny config keeps its heads."""
+    state = read_torchscript_state_dict(path)
+    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise ClipWeightsError(f"{path}: no '{key}' in the archive: not {model_name} weights")
+        if state[key].shape != value.shape:
+            raise ClipWeightsError(f"{path}: '{key}' has shape {list(state[key].shape)}, "
+                                   f"{model_name} expects {list(value.shape)}")
+    # Tensors the model does not load are fine where the model has that module: non-persistent
+    # buffers (attn_mask), OpenAI's plain tensor attributes (input_resolution, ..., per-block
+    # masks). A tensor of a module the model lacks (e.g. a 13th block) means another model.
+    modules = {name for name, _ in model.named_modules()}
+    extra = [k for k in state if k not in expected and k.rpartition(".")[0] not in modules]
+    if extra:
+        raise ClipWeightsError(f"{path}: unexpected '{extra[0]}' in the archive: not {model_name} weights")
+    model.load_state_dict({k: state[k] for k in expected})    # OpenAI's fp16 weights -> fp32
+    return model
+
+
+def _from_file(model_name, path, cache_dir):
+    """A local weights file: OpenAI's TorchScript archive or an open_clip .bin/.safetensors."""
+    try:
+        if is_torchscript_archive(path):
+            return _from_torchscript(model_name, path)
+        return _create(model_name, path, cache_dir)
+    except ClipWeightsError:
+        raise
+    except Exception as e:
+        raise ClipWeightsError(f"{path}: could not load as {model_name} weights ({type(e).__name__}: {e})") from e
+
+
+def _local_openai_file(model_name, cache_dir):
+    """OpenAI's file for this model in cache_dir, named as their `clip` package names it
+    (ViT-B/32 -> ViT-B-32.pt), or None."""
+    path = os.path.join(cache_dir, model_name.removesuffix("-quickgelu") + ".pt")
+    return path if os.path.isfile(path) else None
 
 
 def _hub_reachable(timeout=3.0):
@@ -80,7 +217,11 @@ def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=
         raise ClipWeightsError(f"unknown CLIP model {model_name!r}; try ViT-B-32 or tiny")
     info = {"clip_model": model_name, "clip_weights": pretrained, "clip_random_init": False,
             "warnings": []}
-    if pretrained == "auto" and "openai" not in open_clip.list_pretrained_tags_by_model(model_name):
+    local = _local_openai_file(model_name, cache_dir) if pretrained in ("auto", "openai") else None
+    if local is not None:
+        model = _from_file(model_name, local, cache_dir)
+        info["clip_weights"] = os.path.abspath(local)
+    elif pretrained == "auto" and "openai" not in open_clip.list_pretrained_tags_by_model(model_name):
         model = None
         info["warnings"].append(f"--clip_pretrained auto: {model_name} has no OpenAI weights")
     elif pretrained == "auto":
@@ -107,11 +248,7 @@ def load_clip(model_name="ViT-B-32", pretrained="auto", device="cpu", cache_dir=
     else:
         if not os.path.isfile(pretrained):
             raise ClipWeightsError(f"{pretrained}: CLIP weights file not found")
-        try:
-            model = _create(model_name, pretrained, cache_dir)
-        except Exception as e:
-            raise ClipWeightsError(f"{pretrained}: could not load as {model_name} weights "
-                                   f"({type(e).__name__}: {e})") from e
+        model = _from_file(model_name, pretrained, cache_dir)
         info["clip_weights"] = os.path.abspath(pretrained)
     if model is None:
         # seeded, so that evaluate.py/test.py rebuild the very CLIP a run was trained with

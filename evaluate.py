@@ -6,6 +6,7 @@ ground truth; for the network also its per-layer firing rates. Writes a per-samp
 summary table and an image grid into exp/<exp_name>/, and one record to experiment_results.json.
 
     python evaluate.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth
+    python evaluate.py --checkpoint models/LRN_CALTECH.pth --data_type CALTECH   # the original SpikeCLIP LRN
 """
 import argparse
 import csv
@@ -22,10 +23,14 @@ from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window, one_dataset,
                      read_dat, voxelize)
 from metrics import NoReferenceIQA, no_reference_names, psnr, ssim
-from models import load_checkpoint, model_from_checkpoint, to_image
+from models import (ORIGINAL_NAME, is_original, load_checkpoint, model_from_checkpoint, model_name,
+                    scored_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_write, comparison_grid, non_negative_int, pick_device, positive_float,
                    positive_int, report_input_error, tfi, tfp)
+
+ORIGINAL_SCORING = (f"{ORIGINAL_NAME}: CLIP and NIQE/BRISQUE/PIQE score its raw output (not clamped), "
+                    f"as the authors' evaluate.py does; PSNR/SSIM and pictures clamp it to [0, 1]")
 
 
 def experiment_name(checkpoint_path):
@@ -96,6 +101,10 @@ def evaluate(args):
     model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend)
     device = pick_device(args.device)
     model.to(device).eval()
+    config = ckpt["model_config"]
+    if (args.data_type or ckpt["data_type"]) is None and not args.dat:
+        raise InputError(f"{args.checkpoint}: the checkpoint names no data type ({model_name(config)} files "
+                         f"carry none): pass --dataset")
     exp_name = args.exp_name or experiment_name(args.checkpoint)
     out_dir = os.path.join(args.exp_root, exp_name)
     os.makedirs(os.path.join(out_dir, "imgs"), exist_ok=True)
@@ -116,6 +125,7 @@ def evaluate(args):
     iqa = NoReferenceIQA(device, names=iqa_names)
     top5 = data_type == "CALTECH"
     methods = (arch, "tfp", "tfi")
+    raw_output = is_original(config)   # scored unclamped, as the original evaluation does
 
     rows, rate_sum, n_batches, shown = [], None, 0, []
     with torch.inference_mode():
@@ -123,7 +133,8 @@ def evaluate(args):
             voxel = batch["voxel"].to(device, non_blocking=True).float()
             labels = batch["label"].to(device)
             out, rates = model(voxel, return_rates=True)
-            images = {arch: to_image(out.float()), "tfp": batch["tfp"].to(device), "tfi": batch["tfi"].to(device)}
+            images = {arch: scored_image(config, out.float()), "tfp": batch["tfp"].to(device),
+                      "tfi": batch["tfi"].to(device)}
             rate_sum = rates.float() if rate_sum is None else rate_sum + rates.float()
             n_batches += 1
             per_method = {}
@@ -132,12 +143,12 @@ def evaluate(args):
                 scores = {"pred": logits.argmax(1).cpu(), "top1": topk_correct(logits, labels, 1).cpu()}
                 if top5:
                     scores["top5"] = topk_correct(logits, labels, 5).cpu()
-                scores.update(iqa(img))
+                scores.update(iqa(img, clamp=not (raw_output and m == arch)))
                 if batch["has_gt"].any():   # NaN for samples without gt, left out of the means
                     gt = batch["gt"].to(device)
                     missing = ~batch["has_gt"]
-                    scores["psnr"] = psnr(img, gt).cpu().masked_fill(missing, float("nan"))
-                    scores["ssim"] = ssim(img, gt).cpu().masked_fill(missing, float("nan"))
+                    scores["psnr"] = psnr(img.clamp(0, 1), gt).cpu().masked_fill(missing, float("nan"))
+                    scores["ssim"] = ssim(img.clamp(0, 1), gt).cpu().masked_fill(missing, float("nan"))
                 per_method[m] = scores
             for i in range(len(labels)):
                 row = {"index": int(batch["index"][i]), "file": os.path.basename(dataset.files[len(rows)]),
@@ -149,8 +160,8 @@ def evaluate(args):
                 rows.append(row)
             k = args.num_grid - sum(len(x[0]) for x in shown)
             if k > 0:   # the first --num_grid samples: spikes, TFP, TFI, network, gt (black if none)
-                shown.append([batch["voxel"][:k], batch["tfp"][:k], batch["tfi"][:k], images[arch][:k].cpu(),
-                              batch["gt"][:k]])
+                shown.append([batch["voxel"][:k], batch["tfp"][:k], batch["tfi"][:k],
+                              images[arch][:k].clamp(0, 1).cpu(), batch["gt"][:k]])
 
     # -- summary --------------------------------------------------------------------------------
     metric_keys = ["top1"] + (["top5"] if top5 else []) + list(iqa_names)
@@ -167,7 +178,8 @@ def evaluate(args):
 
     csv_path = os.path.join(out_dir, f"eval_{data_type}_{args.split}.csv")
     atomic_write(csv_path, lambda f: _write_csv(f, rows), mode="w")
-    table = format_summary(summary, metric_keys, data_type, args, len(rows), clip_info, iqa_variant, firing_rates, crop)
+    table = format_summary(summary, metric_keys, data_type, args, len(rows), clip_info, iqa_variant, firing_rates,
+                           crop, model_name(config))
     atomic_write(os.path.join(out_dir, f"eval_{data_type}_{args.split}_summary.md"), lambda f: f.write(table), mode="w")
     if shown:
         import torchvision
@@ -175,11 +187,13 @@ def evaluate(args):
         torchvision.utils.save_image(grid, os.path.join(out_dir, "imgs", f"eval_{data_type}_{args.split}_grid.png"))
     print(table)
     record = {"run_name": exp_name, "kind": "evaluate", "dataset": f"U-{data_type}", "split": args.split,
-              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
+              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch, "model": model_name(config),
               "clip_model": clip_info["clip_model"], "clip_weights": clip_info["clip_weights"],
               "clip_random_init": clip_info["clip_random_init"], "warnings": warnings,
               "metrics": summary, "num_samples": len(rows), "iqa_variant": iqa_variant,
               "input_size": crop, "firing_rates": firing_rates, "device": str(device)}
+    if raw_output:
+        record["scoring"] = ORIGINAL_SCORING
     append_record(record, args.results_file)
     print(f"wrote {csv_path} and a record in {args.results_file}")
     return 0
@@ -194,7 +208,7 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     with torch.inference_mode():
         voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None].to(device)
         out, rates = model(voxel, return_rates=True)
-    images = {config["arch"]: to_image(out.float()).cpu(),
+    images = {config["arch"]: scored_image(config, out.float()).cpu(),
               "tfp": torch.from_numpy(tfp(spk, args.tfp_window, args.rate)).clamp(0, 1)[None, None],
               "tfi": torch.from_numpy(tfi(spk, rate=args.rate)).clamp(0, 1)[None, None]}
     gt = None
@@ -210,25 +224,28 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     iqa = NoReferenceIQA("cpu", names=iqa_names)
     summary = {}
     for m, img in images.items():
-        scores = {k: float(v[0]) for k, v in iqa(img).items()}
+        raw = is_original(config) and m == config["arch"]   # scored unclamped, as the original evaluation does
+        scores = {k: float(v[0]) for k, v in iqa(img, clamp=not raw).items()}
         if gt is not None:
-            scores.update(psnr=float(psnr(img, gt)[0]), ssim=float(ssim(img, gt)[0]))
+            scores.update(psnr=float(psnr(img.clamp(0, 1), gt)[0]), ssim=float(ssim(img.clamp(0, 1), gt)[0]))
         summary[m] = scores
     iqa_variant = "; ".join(list(iqa.describe().values()) + ([iqa_skipped] if iqa_skipped else []))
     keys = list(next(iter(summary.values())))
     name = os.path.basename(args.dat)
     lines = [f"# {name}: centre {UHSR_FRAMES} of {len(stream)} frames, {spk.shape[1]}x{spk.shape[2]}, "
              f"TFP window {args.tfp_window or UHSR_FRAMES}, rate {args.rate or 'normalised'}",
-             f"checkpoint: {args.checkpoint}", f"IQA: {iqa_variant}", "",
+             f"checkpoint: {args.checkpoint} ({model_name(config)})", f"IQA: {iqa_variant}", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {m.upper()} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |" for m, v in summary.items()]
+    label = {config["arch"]: model_name(config)}
+    lines += [f"| {label.get(m, m.upper())} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |"
+              for m, v in summary.items()]
     table = "\n".join(lines) + "\n"
     print(table)
     atomic_write(os.path.join(out_dir, f"eval_{os.path.splitext(name)[0]}.md"), lambda f: f.write(table), mode="w")
     clip = ckpt.get("clip", {})
     append_record({"run_name": exp_name, "kind": "evaluate", "dataset": f"file:{name}",
                    "checkpoint": os.path.abspath(args.checkpoint), "arch": config["arch"],
-                   "clip_model": clip.get("clip_model"), "clip_weights": clip.get("clip_weights"),
+                   "model": model_name(config), "clip_model": clip.get("clip_model"), "clip_weights": clip.get("clip_weights"),
                    "clip_random_init": clip.get("clip_random_init"), "warnings": clip.get("warnings", []),
                    "metrics": summary, "num_samples": 1, "iqa_variant": iqa_variant,
                    "firing_rates": {f"lif{i + 1}": float(r) for i, r in enumerate(rates)} if config["arch"] == "snn" else {},
@@ -245,21 +262,24 @@ def _write_csv(f, rows):
     writer.writerows(rows)
 
 
-def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, firing_rates, crop):
+def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, firing_rates, crop, network):
     names = {"top1": "top-1 acc", "top5": "top-5 acc", "niqe": "NIQE ↓", "brisque": "BRISQUE ↓",
              "piqe": "PIQE ↓", "psnr": "PSNR dB ↑", "ssim": "SSIM ↑"}
     lines = [f"# Evaluation: U-{data_type} {args.split}, {n} samples, {crop}x{crop} crop",
-             f"checkpoint: {args.checkpoint}",
+             f"checkpoint: {args.checkpoint} ({network})",
              f"CLIP: {clip_info['clip_model']}, weights {clip_info['clip_weights']}"]
     if clip_info["clip_random_init"]:
         lines.append("**WARNING: randomly initialised CLIP — the accuracies below are NOT semantic results.**")
+    if network == ORIGINAL_NAME:
+        lines.append(ORIGINAL_SCORING)
     lines += [f"IQA: {iqa_variant}", "",
               "| method | " + " | ".join(names[k] for k in keys) + " |",
               "|---" * (len(keys) + 1) + "|"]
     for m, vals in summary.items():
         cells = [f"{100 * vals[k]:.2f}%" if k.startswith("top") else f"{vals[k]:.4f}" if k == "ssim"
                  else f"{vals[k]:.3f}" for k in keys]
-        lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
+        label = m.upper() if m in ("tfp", "tfi") else network
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if firing_rates:
         lines += ["", "firing rates (mean spikes per neuron per step): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in firing_rates.items())]

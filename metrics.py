@@ -177,20 +177,35 @@ class NoReferenceIQA:
         self.metrics = {}
         for name in self.names:
             extra = {"pretrained_model_path": paths[name]} if name in paths else {}
-            self.metrics[name] = pyiqa.create_metric(name, as_loss=False, device=self.device, **extra)
+            # the range is ours to handle (see __call__), so pyiqa's own [0, 1] assertion is off
+            self.metrics[name] = pyiqa.create_metric(name, as_loss=False, device=self.device,
+                                                     check_input_range=False, **extra)
         self.input_hw = None  # (H, W) of the last batch scored, for describe()
 
     @torch.no_grad()
-    def __call__(self, images):
-        """images [B,1 or 3,H,W] in [0,1] (clamped) -> {name: scores [B] float32 on the CPU}."""
+    def __call__(self, images, clamp=True):
+        """images [B,1 or 3,H,W] in [0,1] -> {name: scores [B] float32 on the CPU}.
+
+        clamp=False scores values outside [0, 1] as they are, which is what the original SpikeCLIP
+        evaluation did with its LRN's raw output (with a pyiqa that did not yet check the range)."""
         assert images.dim() == 4 and images.shape[1] in (1, 3), f"expected [B,1|3,H,W], got {tuple(images.shape)}"
-        images = images.to(self.dtype).clamp(0, 1).to(self.device)
+        images = images.to(self.dtype)
+        images = (images.clamp(0, 1) if clamp else images).to(self.device)
         if images.shape[1] == 1:
             images = images.repeat(1, 3, 1, 1)  # pyiqa is meant to get 3 channels (SPEC §7)
         self.input_hw = tuple(images.shape[2:])
         B = images.shape[0]
-        # NIQE squeezes its output to a 0-d tensor when B == 1, hence the reshape
-        return {name: metric(images).reshape(B).float().cpu() for name, metric in self.metrics.items()}
+        # a flat image has no natural-scene statistics: NIQE's covariance is singular (pyiqa
+        # raises), so flat images score NaN ("undefined") instead of stopping the evaluation
+        scored = images.flatten(1).std(1).cpu() > 1e-6
+        out = {}
+        for name, metric in self.metrics.items():
+            scores = torch.full((B,), float("nan"))
+            if scored.any():
+                # NIQE squeezes its output to a 0-d tensor for one image, hence the reshape
+                scores[scored] = metric(images[scored.to(images.device)]).reshape(-1).float().cpu()
+            out[name] = scores
+        return out
 
     def describe(self, height=None, width=None):
         """name -> one line naming the variant and the input size (default: the last batch scored)."""

@@ -26,6 +26,7 @@ Two implementations of this one function share the same parameters:
   LIF recurrence is one fused autograd function; BN runs natively (per step in training); the
   linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
 """
+import hashlib
 import math
 import os
 
@@ -39,6 +40,8 @@ from snntorch import surrogate
 from utils import InputError
 
 LRN_CHANNELS = (64, 128, 64, 16)
+ORIGINAL_ORIGIN = "spikeclip-original"    # model_config["origin"] of the authors' trained LRN
+ORIGINAL_NAME = "the original SpikeCLIP LRN"
 
 
 # Surrogate derivatives, as functions of x = mem - theta (the same as snntorch.surrogate)
@@ -308,11 +311,17 @@ class SpikingLRN(nn.Module):
 
 
 class PlainLRN(nn.Module):
-    """The original SpikeCLIP LRN: the same conv stack with ReLU and no BN (a plain CNN)."""
+    """The original SpikeCLIP LRN: the same conv stack with ReLU and no BN (a plain CNN).
 
-    def __init__(self, in_bins=50, channels=LRN_CHANNELS):
+    origin=ORIGINAL_ORIGIN marks weights trained by the SpikeCLIP authors (their LRN_CALTECH.pth):
+    the network is named after them and its output is scored as their evaluation scores it
+    (see scored_image)."""
+
+    def __init__(self, in_bins=50, channels=LRN_CHANNELS, origin=None):
         super().__init__()
-        self.in_bins = in_bins
+        if origin not in (None, ORIGINAL_ORIGIN):
+            raise ValueError(f"unknown origin {origin!r} (expected {ORIGINAL_ORIGIN!r} or none)")
+        self.in_bins, self.origin = in_bins, origin
         widths = (in_bins,) + tuple(channels)
         layers = []
         for i in range(len(channels)):
@@ -326,8 +335,11 @@ class PlainLRN(nn.Module):
         return self.in_bins
 
     def config(self):
-        return {"arch": "ann", "in_bins": self.in_bins,
-                "channels": [m.out_channels for m in self.net if isinstance(m, nn.Conv2d)][:-1]}
+        config = {"arch": "ann", "in_bins": self.in_bins,
+                  "channels": [m.out_channels for m in self.net if isinstance(m, nn.Conv2d)][:-1]}
+        if self.origin:
+            config["origin"] = self.origin
+        return config
 
     def forward(self, x, return_rates=False):
         image = self.net(x)
@@ -338,7 +350,7 @@ def build_model(config, backend="fast"):
     """Rebuild a network from config() (as stored in a checkpoint)."""
     arch = config.get("arch")
     if arch == "ann":
-        return PlainLRN(config["in_bins"], tuple(config["channels"]))
+        return PlainLRN(config["in_bins"], tuple(config["channels"]), config.get("origin"))
     if arch == "snn":
         return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
                           config["beta"], config["threshold"], config["surrogate"], backend,
@@ -349,6 +361,30 @@ def build_model(config, backend="fast"):
 def to_image(out):
     """The analog output as an image in [0, 1], as CLIP and the metrics see it."""
     return out.clamp(0.0, 1.0)
+
+
+def is_original(config):
+    return config.get("origin") == ORIGINAL_ORIGIN
+
+
+def scored_image(config, out):
+    """The image CLIP and the no-reference metrics score for a network of this config.
+
+    Ours: the output clamped to [0, 1] (to_image). The original SpikeCLIP LRN: its raw output,
+    neither clamped nor rescaled, because that is what the authors' evaluate.py hands to CLIP
+    (grey repeated to RGB, normalised with the grey CLIP statistics) and to pyiqa; scoring it
+    any other way would not reproduce their figures. PSNR/SSIM and pictures still clamp."""
+    return out if is_original(config) else to_image(out)
+
+
+def model_name(config):
+    """How reports name the network of a checkpoint config."""
+    if is_original(config):
+        return ORIGINAL_NAME
+    if config.get("arch") == "ann":
+        return "ANN (plain-CNN LRN)"
+    skip = ", linear skip" if config.get("linear_skip") else ""
+    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +399,10 @@ class CheckpointError(InputError, RuntimeError):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Read and sanity-check a checkpoint file -> dict (never silently random weights)."""
+    """Read and sanity-check a checkpoint file -> dict (never silently random weights).
+
+    Accepts our checkpoints and the original SpikeCLIP LRN's bare state_dict (recognised by its
+    layout, whatever the file is called), which comes back wrapped as one of ours."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -371,6 +410,12 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if is_bare_state_dict(ckpt):
+        mismatch = original_layout_mismatch(ckpt)
+        if mismatch:
+            raise CheckpointError(f"{path}: not a SpikeCLIP-SNN checkpoint, and not a state_dict of "
+                                  f"{ORIGINAL_NAME} either: {mismatch}")
+        return original_checkpoint(ckpt, path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a SpikeCLIP-SNN checkpoint (no '{CHECKPOINT_FORMAT}' "
                               f"marker; a seed or other-project checkpoint cannot be used)")
@@ -378,6 +423,64 @@ def load_checkpoint(path, map_location="cpu"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}'")
     return ckpt
+
+
+# The original SpikeCLIP LRN (github.com/chenkang455/SpikeCLIP, models.py) is
+#   nn.Sequential(block1, block2, block3, block4, Conv2d(16, 1, 3, 1, 1)),
+#   block_i = nn.Sequential(Conv2d(k=3, s=1, p=1), ReLU),  channels 50 -> 64 -> 128 -> 64 -> 16,
+# saved as a bare state_dict. Its keys -> ours (PlainLRN.net interleaves the ReLUs) and shapes:
+ORIGINAL_LAYOUT = {
+    "0.0.weight": ("net.0.weight", (64, 50, 3, 3)), "0.0.bias": ("net.0.bias", (64,)),
+    "1.0.weight": ("net.2.weight", (128, 64, 3, 3)), "1.0.bias": ("net.2.bias", (128,)),
+    "2.0.weight": ("net.4.weight", (64, 128, 3, 3)), "2.0.bias": ("net.4.bias", (64,)),
+    "3.0.weight": ("net.6.weight", (16, 64, 3, 3)), "3.0.bias": ("net.6.bias", (16,)),
+    "4.weight": ("net.8.weight", (1, 16, 3, 3)), "4.bias": ("net.8.bias", (1,)),
+}
+# The authors evaluate it on U-CALTECH/U-CIFAR at a 224x224 crop with OpenAI's ViT-B/32.
+ORIGINAL_CLIP = {"clip_model": "ViT-B-32", "clip_weights": "openai", "clip_random_init": False, "warnings": []}
+
+
+def is_bare_state_dict(obj):
+    """A plain {name: tensor} mapping, as torch.save(model.state_dict()) writes it."""
+    return (isinstance(obj, dict) and len(obj) > 0 and "format" not in obj
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def original_layout_mismatch(state):
+    """The first way `state` differs from the original LRN's state_dict, or None."""
+    for key, (_, shape) in ORIGINAL_LAYOUT.items():
+        if key not in state:
+            return f"key '{key}' is missing"
+        if tuple(state[key].shape) != shape:
+            return f"key '{key}' has shape {list(state[key].shape)}, expected {list(shape)}"
+        if not state[key].is_floating_point():
+            return f"key '{key}' holds {state[key].dtype}, expected floating-point weights"
+    extra = [k for k in state if k not in ORIGINAL_LAYOUT]
+    return f"unexpected key '{extra[0]}' (the original LRN has no normalisation layers)" if extra else None
+
+
+def original_checkpoint(state, path):
+    """The original LRN's state_dict as one of our checkpoints (also what the converter writes)."""
+    net = PlainLRN(50, LRN_CHANNELS, origin=ORIGINAL_ORIGIN)
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": net.config(),
+            "model": {ours: state[theirs].float() for theirs, (ours, _) in ORIGINAL_LAYOUT.items()},
+            "clip": dict(ORIGINAL_CLIP), "data_type": None, "crop_size": 224,
+            "source": {"file": os.path.abspath(path), "sha256": file_sha256(path), "name": ORIGINAL_NAME}}
+
+
+def checkpoint_identity(ckpt, path):
+    """Which network a checkpoint holds, for the records of runs that use it (e.g. as a teacher)."""
+    return {"checkpoint": os.path.abspath(path), "sha256": file_sha256(path),
+            "model": model_name(ckpt["model_config"]), "model_config": ckpt["model_config"],
+            "run": (ckpt.get("opt") or {}).get("exp_name")}
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_from_checkpoint(ckpt, path="<checkpoint>", backend="fast", expect_config=None):

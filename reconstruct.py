@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, load_npz, numeric_sort_key,
                      voxelize_on_device)
-from models import SpikingLRN, load_checkpoint, model_from_checkpoint, to_image
+from models import SpikingLRN, load_checkpoint, model_from_checkpoint, model_name, to_image
 from utils import (InputError, atomic_write, non_negative_int, pick_device, positive_float, positive_int,
                    report_input_error, tfi, tfp)
 
@@ -446,7 +446,7 @@ def real_time(frames_out, args, seconds):
 def describe(model, stateful):
     cfg = model.config()
     if cfg["arch"] == "ann":
-        return "plain CNN, sliding window"
+        return f"{model_name(cfg)}, sliding window"     # e.g. the original SpikeCLIP LRN
     return (f"SNN T={cfg['time_steps']} {cfg['encoding']} encoding, "
             f"{'stateful' if stateful else 'sliding window'}")
 

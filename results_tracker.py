@@ -19,6 +19,8 @@ A record, as the scripts write it (readers cope with any field missing):
   kind                           "train" | "evaluate" | "benchmark" (older records: inferred
                                  from which of the three payload keys below they carry)
   checkpoint, arch ("snn"|"ann"), split, clip_model, clip_weights, clip_random_init, warnings
+  model                          what the network is, e.g. "SNN (T=4, direct)", "ANN (plain-CNN
+                                 LRN)", "the original SpikeCLIP LRN" (the authors' weights)
   kind "train" (train.py):       train = {"stage_epochs": [coarse, prompt, fine], "history":
                                  [{"stage", "epoch", "val_score", "train_<term>": ...}],
                                  "best_val_score": lowest final-stage validation loss,
@@ -71,13 +73,13 @@ HIGHER_IS_BETTER = {
 ACCURACY = ("top1", "top5")
 DEFAULT_RULE = ("top1", "psnr", "niqe")
 # (header, row key) of the table; csv adds the identity fields the table leaves out
-COLUMNS = [("*", "best"), ("name", "name"), ("date", "date"), ("dataset", "dataset"),
+COLUMNS = [("*", "best"), ("name", "name"), ("date", "date"), ("dataset", "dataset"), ("model", "model"),
            ("checkpoint", "checkpoint"), ("CLIP weights", "clip_weights"), ("top1", "top1"),
            ("top5", "top5"), ("NIQE", "niqe"), ("BRISQUE", "brisque"), ("PIQE", "piqe"),
            ("PSNR", "psnr"), ("SSIM", "ssim"), ("latency ms", "latency_ms"),
            ("FPS (batch)", "fps"), ("energy mJ/img", "energy_mj_per_image"), ("params", "params")]
-IDENTITY = ("checkpoint", "arch", "clip_model", "clip_weights", "clip_random_init", "split")
-CSV_COLUMNS = ["best", "name", "date", "dataset", "split", "checkpoint", "arch", "clip_model",
+IDENTITY = ("checkpoint", "arch", "model", "clip_model", "clip_weights", "clip_random_init", "split")
+CSV_COLUMNS = ["best", "name", "date", "dataset", "split", "checkpoint", "arch", "model", "clip_model",
                "clip_weights", "clip_status", "top1", "top5", "niqe", "brisque", "piqe", "psnr",
                "ssim", "latency_ms", "fps", "fps_batch", "energy_mj_per_image", "params"]
 
@@ -214,6 +216,8 @@ def _row(name, dataset, latest):
     row = {"name": name, "dataset": None if dataset is None else str(dataset),
            "date": max(str(r.get("timestamp") or "") for r in recs) or None}
     row.update({k: next((r[k] for r in recs if r.get(k) is not None), None) for k in IDENTITY})
+    if row["model"] is None and row["arch"] is not None:   # records from before the "model" field
+        row["model"] = str(row["arch"]).upper()
     model = _dict(ev, "metrics", "snn") or _dict(ev, "metrics", "ann")
     row.update({k: model.get(k) for k in ("top1", "top5", "niqe", "brisque", "piqe", "psnr", "ssim")})
     batches = [(int(b), v) for b, v in _dict(bench, "throughput").items() if b.isdigit() and _number(v)]

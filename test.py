@@ -31,7 +31,7 @@ from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHS
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from generate_synthetic_data import procedural_streams
 from metrics import NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
-from models import load_checkpoint, model_from_checkpoint, to_image
+from models import load_checkpoint, model_from_checkpoint, model_name, scored_image
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, format_count, non_negative_int, pick_device, positive_float, positive_int,
                    report_input_error, spike_image)
@@ -204,8 +204,10 @@ class Labeller:
 
 
 def reconstruct(runner, voxel):
+    """The image CLIP labels (clamped to [0, 1], or raw for the original SpikeCLIP LRN, as its
+    authors' evaluation has it); the panel tiles clip it to [0, 1] for display."""
     with torch.inference_mode():
-        return to_image(runner(runner.prepare(voxel)).float()).cpu()
+        return scored_image(runner.model.config(), runner(runner.prepare(voxel)).float()).cpu()
 
 
 def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
@@ -303,7 +305,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     runs, batches = DEFAULT_BENCH["cuda" if device.type == "cuda" else "cpu"]
     runs, batches = args.bench_runs or runs, args.bench_batches or batches
     max_batch = max(batches)
-    print(f"benchmark: {arch.upper()} ({args.backend} backend), input {bins}x{size}x{size}, "
+    print(f"benchmark: {model_name(model.config())} ({args.backend} backend), input {bins}x{size}x{size}, "
           f"{device_name(device)}, dtype {runner.dtype_name}; {runs} latency runs, batches "
           f"{','.join(map(str, batches))}", flush=True)
     spikes = benchmark_spikes(max_batch, size).to(device)
@@ -375,7 +377,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     }
     print_benchmark(bench, ops)
     record = {"run_name": run_name, "kind": "benchmark", "dataset": f"U-{data_type}",
-              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch,
+              "checkpoint": os.path.abspath(args.checkpoint), "arch": arch, "model": model_name(model.config()),
               **{k: clip_info.get(k) for k in ("clip_model", "clip_weights", "clip_random_init")},
               "warnings": list(clip_info.get("warnings") or []), "benchmark": bench}
     append_record(record, args.results_file)
@@ -443,7 +445,7 @@ def run(args):
     run_name = args.run_name or exp_name
     args.output_dir = args.output_dir or os.path.join("exp", exp_name, "test")
     arch = model.config()["arch"]
-    print(f"{args.checkpoint}: {arch.upper()}, trained on U-{data_type} at {crop}x{crop}; "
+    print(f"{args.checkpoint}: {model_name(model.config())}, U-{data_type} at {crop}x{crop}; "
           f"{device_name(device)}, dtype {dtype_name}")
 
     if args.num_samples:

@@ -5,8 +5,9 @@
               (an unpaired bank) from low-quality ones (stage-1 reconstructions, TFP, TFI)
   3. fine:    clip_weight * CE(class) + prompt_weight * CE(quality -> high) +
               recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out)
-The pseudo-target is TFI, TFP (whole window), or ground truth (--recon_target gt, when the data
-has it). Validation score: the current stage's own weighted loss on the validation split (lower
+The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, when the data
+has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
+one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN. Validation score: the current stage's own weighted loss on the validation split (lower
 is better); it drives --early_stop and checkpoint_best.pth.
 
     python train.py --dataset cifar --exp_name cifar_snn --epochs 10
@@ -35,8 +36,8 @@ from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
                      default_cache_path, load_gt, load_label_name, one_dataset)
 from generate_synthetic_data import LIGHT, SimulatedStreams
-from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, load_checkpoint,
-                    model_from_checkpoint, to_image)
+from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
+                    load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
                    non_negative_int, open_fraction, pick_device, positive_float, positive_int, report_input_error,
@@ -110,7 +111,10 @@ def build_parser():
     g.add_argument("--clip_weight", type=non_negative_float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
     g.add_argument("--prompt_weight", type=non_negative_float, default=0.75, help="quality-prompt loss (stages 2, 3)")
     g.add_argument("--tv_weight", type=non_negative_float, default=0.01, help="total variation of the output (stage 3)")
-    g.add_argument("--recon_target", choices=["tfi", "tfp", "gt"], default="tfi")
+    g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
+                   help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
+    g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
+                                     "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
     g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
@@ -134,6 +138,8 @@ def build_parser():
 def get_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    if (args.recon_target == "teacher") != (args.teacher is not None):
+        p.error("--recon_target teacher and --teacher PATH go together")
     args.explicit = typed_options(p, argv)
     try:   # a resumed run's epochs are settled against the run's own in resume_args()
         args.stage_epochs = None if args.resume else stage_epochs(args)
@@ -260,6 +266,29 @@ def total_variation(img):
     return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
 
 
+class Teacher:
+    """--recon_target teacher: a trained reconstructor, frozen, whose output is the L1 target."""
+
+    def __init__(self, path, student_bins, device, backend="fast"):
+        ckpt = load_checkpoint(path)
+        self.model = model_from_checkpoint(ckpt, path, backend).to(device).eval().requires_grad_(False)
+        self.identity = checkpoint_identity(ckpt, path)
+        self.bins = self.model.input_channels
+        # every voxel bins the same 200 frames into equal consecutive bins, so a finer student
+        # voxel sums to the teacher's (T*50 temporal bins -> 50 direct ones); a coarser one cannot
+        if student_bins % self.bins:
+            raise CheckpointError(f"{path}: the teacher takes a {self.bins}-bin voxel, which the "
+                                  f"student's {student_bins}-bin voxel cannot be summed into")
+        self.fold = student_bins // self.bins
+
+    @torch.no_grad()
+    def __call__(self, voxel):
+        """voxel [B, student_bins, H, W] -> the teacher's analog output [B, 1, H, W] (float32)."""
+        if self.fold > 1:
+            voxel = voxel.unflatten(1, (self.bins, self.fold)).sum(2)
+        return self.model(voxel).float()
+
+
 class StageLoss:
     """The weighted loss of each stage, for training and for the validation score."""
 
@@ -364,7 +393,7 @@ FIT_BATCHES = 8
 
 
 @torch.no_grad()
-def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048):
+def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, teacher=None):
     """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the mean
     step input, plus bias) against the reconstruction target on FIT_BATCHES training batches.
     Training then starts from the best linear image (TFP is one linear image; the fitted one
@@ -373,6 +402,8 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048):
     gram, rhs, sq, n = 0.0, 0.0, 0.0, 0
     for _, batch in zip(range(FIT_BATCHES), loader):
         batch = to_device(batch, device)
+        if teacher is not None:
+            batch["teacher"] = teacher(batch["voxel"])
         x = model._step_inputs(batch["voxel"]).mean(0).float()              # [B, 50, H, W]
         patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
@@ -464,6 +495,8 @@ class Setup:
     amp_dtype: torch.dtype          # autocast dtype, or None
     scaler: torch.amp.GradScaler
     writer: object                  # TensorBoard SummaryWriter on rank 0, else None
+    teacher: object = None          # Teacher with --recon_target teacher
+    teacher_info: dict = None       # its identity (path, SHA-256, network), recorded everywhere
 
     @property
     def is_main(self):
@@ -612,13 +645,13 @@ def build_hq_bank(args, train_files):
     return bank, f"clean gt images of the training set, shuffled, unpaired ({len(bank)} images)"
 
 
-def open_run_folder(args, folder, clip_info, bank_source, world):
+def open_run_folder(args, folder, clip_info, bank_source, world, teacher_info):
     """Create the run folder, write opt.json, open TensorBoard (rank 0 only) -> writer."""
     for sub in (folder.ckpts, folder.imgs, folder.tensorboard):
         os.makedirs(sub, exist_ok=True)
     folder.remove_stale_temp_files()
-    atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world},
-                      folder.opt_json)
+    atomic_write_json({"opt": vars(args), "clip": clip_info, "hq_bank": bank_source, "world_size": world,
+                       "teacher": teacher_info}, folder.opt_json)
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(folder.tensorboard)
     for w in clip_info["warnings"]:
@@ -651,6 +684,8 @@ def stage_step(s, stage, batch, train, global_step):
             loss, terms = s.losses.prompt(s.train_prompts() if train else s.prompts(), hq, lq)
         return loss, terms, recon
     with s.autocast():
+        if s.teacher is not None:
+            batch["teacher"] = s.teacher(batch["voxel"])
         out = (s.train_model if train else s.model)(batch["voxel"]).float()
         if stage == "coarse":
             loss, terms = s.losses.coarse(out, batch)
@@ -724,7 +759,8 @@ def checkpoint(s, progress, optimizer, scheduler, val_score):
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": s.scaler.state_dict(),
             "early_stop": {"best": progress.best, "bad_epochs": progress.bad_epochs}, "rng": rng_state(),
-            "global_step": progress.global_step, "val_score": val_score, "history": progress.history}
+            "global_step": progress.global_step, "val_score": val_score, "history": progress.history,
+            "teacher": s.teacher_info}
 
 
 def save_epoch(s, progress, optimizer, scheduler, val_score, improved):
@@ -803,11 +839,12 @@ def write_results_record(s, progress):
     args, info = s.args, s.clip_info
     final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
-              "checkpoint": s.folder.best, "arch": args.arch,
+              "checkpoint": s.folder.best, "arch": args.arch, "model": model_name(s.model.config()),
               **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
                         "best_val_score": min(final, default=None),
-                        "hq_bank": s.bank_source, "world_size": s.world}}
+                        "hq_bank": s.bank_source, "world_size": s.world,
+                        "recon_target": args.recon_target, "teacher": s.teacher_info}}
     append_record(record, args.results_file)
 
 
@@ -839,6 +876,14 @@ def train(args):
     model = build_lrn(args, device)
     full, train_idx, sampler, train_loader, val_loader = build_data(
         args, model.input_channels, device, rank, world)
+    teacher, teacher_info = None, None
+    if args.recon_target == "teacher":
+        teacher = Teacher(args.teacher, model.input_channels, device, args.backend)
+        teacher_info = teacher.identity
+        if resume is not None and teacher_info["sha256"] != (resume.get("teacher") or {}).get("sha256"):
+            raise CheckpointError(f"{args.teacher}: the teacher file changed since this run started")
+        if rank == 0:
+            print(f"teacher: {teacher_info['model']} from {args.teacher} (frozen)")
     clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
     if resume is None:
         disable_random_clip_terms(args, clip_info, rank == 0)
@@ -858,11 +903,11 @@ def train(args):
         if rank == 0:
             print(f"resuming {folder.root}: stage {STAGES[progress.stage]}, epoch {progress.epoch}")
     elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
-        rmse = fit_linear_skip(model, train_loader, args.recon_target, device)
+        rmse = fit_linear_skip(model, train_loader, args.recon_target, device, teacher=teacher)
         if rank == 0:
             print(f"linear skip: least-squares start against '{args.recon_target}' (RMSE {rmse:.4f} on "
                   f"{FIT_BATCHES} training batches); the spiking layers learn the residual")
-    writer = open_run_folder(args, folder, clip_info, bank_source, world) if rank == 0 else None
+    writer = open_run_folder(args, folder, clip_info, bank_source, world, teacher_info) if rank == 0 else None
 
     train_model = DDP(model) if world > 1 else model
     if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):
@@ -870,7 +915,7 @@ def train(args):
     s = Setup(args, device, rank, world, folder, model, train_model, prompts,
               DDP(prompts) if world > 1 else prompts, StageLoss(args, guide), bank, bank_source,
               clip_info, amp_dtype, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-              writer)
+              writer, teacher, teacher_info)
 
     while progress.stage < len(STAGES):
         run_stage(s, progress, train_loader, val_loader, sampler, resume)

@@ -111,3 +111,15 @@ def test_reds_check_values(iqa):
     scores = iqa(torch.from_numpy(grey)[None, None])
     for name, expected in REDS_EXPECTED.items():
         assert scores[name].item() == pytest.approx(expected, rel=1e-3), name
+
+
+def test_a_flat_image_scores_nan_instead_of_crashing():
+    """NIQE is undefined on a constant image (pyiqa's SVD fails): a network that outputs one
+    value must still be evaluated, its no-reference scores NaN, the other images scored."""
+    from metrics import NoReferenceIQA
+    iqa = NoReferenceIQA("cpu")
+    rng = torch.Generator().manual_seed(0)
+    images = torch.stack([torch.full((1, 96, 96), 0.04), torch.rand(1, 96, 96, generator=rng)])
+    scores = iqa(images)
+    for name, s in scores.items():
+        assert torch.isnan(s[0]) and torch.isfinite(s[1]), name
