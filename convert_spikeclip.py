@@ -3,10 +3,10 @@ github.com/chenkang455/SpikeCLIP) into a SpikeCLIP-SNN checkpoint.
 
 evaluate.py, test.py and train.py --teacher read the original file directly; converting is only
 for users who want one file format: the result records the class set it was trained on (so
---data_type need not be passed), the source file and its SHA-256, and the original's CLIP
+--dataset need not be passed), the source file and its SHA-256, and the original's CLIP
 (OpenAI ViT-B/32). The network keeps its name and its scoring convention (see README).
 
-    python convert_spikeclip.py models/LRN_CALTECH.pth exp/spikeclip_caltech/ckpts/checkpoint_best.pth --data_type CALTECH
+    python convert_spikeclip.py models/LRN_CALTECH.pth exp/spikeclip_caltech/ckpts/checkpoint_best.pth --dataset caltech
 
 Exit status 2: unusable input (not the original layout, unreadable, output already exists).
 """
@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from dataset import CLASS_NAMES
+from dataset import one_dataset
 from models import CheckpointError, is_original, load_checkpoint, model_from_checkpoint
 from utils import atomic_torch_save
 
@@ -23,8 +23,8 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="the original SpikeCLIP LRN state_dict (.pth)")
     p.add_argument("output", help="where the SpikeCLIP-SNN checkpoint goes (must not exist yet)")
-    p.add_argument("--data_type", choices=sorted(CLASS_NAMES),
-                   help="class set the weights were trained on (LRN_CALTECH.pth: CALTECH)")
+    p.add_argument("--dataset", "--data_type", dest="data_type", type=one_dataset, metavar="{cifar,caltech}",
+                   help="class set the weights were trained on (LRN_CALTECH.pth: caltech)")
     return p.parse_args(argv)
 
 

@@ -6,7 +6,7 @@ ground truth; for the network also its per-layer firing rates. Writes a per-samp
 summary table and an image grid into exp/<exp_name>/, and one record to experiment_results.json.
 
     python evaluate.py --checkpoint exp/cifar_snn/ckpts/checkpoint_best.pth
-    python evaluate.py --checkpoint models/LRN_CALTECH.pth --data_type CALTECH   # the original SpikeCLIP LRN
+    python evaluate.py --checkpoint models/LRN_CALTECH.pth --dataset caltech   # the original SpikeCLIP LRN
 """
 import argparse
 import csv

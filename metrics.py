@@ -282,9 +282,14 @@ def count_macs(model, input_shape):
     readout once on the mean spike map): that is "executed_fast".
     """
     h, w = int(input_shape[-2]), int(input_shape[-1])
-    layers = []
+    layers, skip_macs = [], 0
     for name, m in model.named_modules():
         if not isinstance(m, nn.Conv2d):
+            continue
+        if m is getattr(model, "skip", None):
+            # --linear_skip: a conv of the input voxel, run once per image beside the chain
+            kh, kw = m.kernel_size
+            skip_macs = _conv_out(h, m, 0) * _conv_out(w, m, 1) * m.out_channels * m.in_channels * kh * kw
             continue
         h, w = _conv_out(h, m, 0), _conv_out(w, m, 1)
         kh, kw = m.kernel_size
@@ -298,8 +303,8 @@ def count_macs(model, input_shape):
         first_runs = t if getattr(model, "encoding", "direct") == "temporal" else 1
         executed = (first_runs * layers[0]["macs"] + layers[-1]["macs"]
                     + t * sum(layer["macs"] for layer in layers[1:-1]))
-    return {"layers": layers, "per_step": per_step, "time_steps": t, "total": t * per_step,
-            "executed_fast": executed}
+    return {"layers": layers, "per_step": per_step, "time_steps": t, "total": t * per_step + skip_macs,
+            "executed_fast": executed + skip_macs, "skip_macs": skip_macs}
 
 
 def synaptic_ops(model, input_shape, firing_rates):
@@ -334,6 +339,10 @@ def synaptic_ops(model, input_shape, firing_rates):
             sops += ops
         layers.append({"name": layer["name"], "macs": layer["macs"], "input_rate": rate,
                        "ops": ops, "op": op})
+    if macs["skip_macs"]:   # the linear skip multiplies the analog voxel, once per image
+        mac_ops += macs["skip_macs"]
+        layers.append({"name": "skip", "macs": macs["skip_macs"], "input_rate": None,
+                       "ops": float(macs["skip_macs"]), "op": "MAC"})
     energy_pj = mac_ops * E_MAC_PJ + sops * E_AC_PJ
     return {"layers": layers, "mac_ops": mac_ops, "sops": sops,
             "theoretical_energy_mj": energy_pj * 1e-9, "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ}

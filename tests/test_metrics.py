@@ -123,3 +123,16 @@ def test_a_flat_image_scores_nan_instead_of_crashing():
     scores = iqa(images)
     for name, s in scores.items():
         assert torch.isnan(s[0]) and torch.isfinite(s[1]), name
+
+
+def test_linear_skip_is_counted_once_at_mac_cost():
+    """The --linear_skip conv reads the analog voxel once per image: MACs, outside the spiking chain."""
+    from models import SpikingLRN
+    plain, skip = SpikingLRN(time_steps=4), SpikingLRN(time_steps=4, linear_skip=True)
+    a, b = metrics.count_macs(plain, (50, 16, 16)), metrics.count_macs(skip, (50, 16, 16))
+    assert b["skip_macs"] == 16 * 16 * 1 * 50 * 9 and b["layers"] == a["layers"]
+    assert b["total"] == a["total"] + b["skip_macs"]
+    ops = metrics.synaptic_ops(skip, (50, 16, 16), [0.1, 0.2, 0.3, 0.4])
+    assert ops["layers"][-1]["name"] == "skip" and ops["layers"][-1]["op"] == "MAC"
+    assert ops["mac_ops"] == pytest.approx(metrics.synaptic_ops(plain, (50, 16, 16), [0.1, 0.2, 0.3, 0.4])["mac_ops"]
+                                           + b["skip_macs"])

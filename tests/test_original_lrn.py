@@ -98,7 +98,7 @@ def test_evaluate_names_it_and_so_does_the_tracker(data, tmp_path, capsys):
               "--exp_name", "spikeclip_original", "--results_file", str(results)]
     # the file records no class set: asked for, not guessed
     assert evaluate.main(common) == 2
-    assert "--data_type" in capsys.readouterr().err
+    assert "--dataset" in capsys.readouterr().err
     assert evaluate.main(common + ["--data_type", "CIFAR"]) == 0
     out = capsys.readouterr().out
     assert f"| {ORIGINAL_NAME} |" in out and "raw output" in out

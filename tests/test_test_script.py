@@ -63,7 +63,7 @@ def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
     assert b["backend"] == "fast" and b["energy_mj_per_image"] is None
     assert len(b["firing_rates"]) == 4 and all(0 <= r <= 1 for r in b["firing_rates"].values())
     # MACs at 32x32: (T=2) x 32*32*9*(50*64 + 64*128 + 128*64 + 64*16 + 16*1)
-    assert b["macs"] == 2 * 32 * 32 * 9 * 20624
+    assert b["macs"] == 2 * 32 * 32 * 9 * 20624 + 32 * 32 * 9 * 50      # T=2 chain + the linear skip once
 
 
 def test_benchmark_without_data_uses_simulated_spikes_and_says_how_long(tiny_run, tmp_path, capsys):
