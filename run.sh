@@ -23,7 +23,7 @@ step "simulate U-CIFAR (low light)" \
     --frame_size $((CROP + 16))
 step "train: coarse, prompt, fine" \
   $PY train.py --dataset cifar --data_root "$DATA" --exp_name "$EXP" --crop_size "$CROP" \
-    --epochs_coarse 3 --epochs_prompt 1 --epochs_fine 1 --batch_size 4 --lr 1e-3 --time_steps 4 \
+    --epochs_coarse 3 --epochs_prompt 1 --epochs_fine 1 --batch_size 4 --lr 1e-3 --time_steps 4 --linear_skip --augment \
     --clip_pretrained "$CLIP" $( [ -f "exp/$EXP/ckpts/checkpoint_last.pth" ] && echo --resume )
 step "evaluate vs TFP/TFI" $PY evaluate.py --checkpoint "$CKPT" --data_root "$DATA"
 step "visualise" $PY test.py --checkpoint "$CKPT" --data_root "$DATA" --num_samples 4

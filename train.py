@@ -570,7 +570,12 @@ def resume_args(args, ckpt, path):
                          + " would change it: start a new --exp_name instead")
     merged = {**vars(args), **{k: v for k, v in saved.items() if k not in args.explicit}}
     merged["explicit"] = args.explicit
+    if "epochs" in args.explicit:   # a typed --epochs replaces the run's own --epochs_* split
+        merged.update({k: None for k in ("epochs_coarse", "epochs_prompt", "epochs_fine") if k not in args.explicit})
     new_epochs = stage_epochs(argparse.Namespace(**merged), saved["stage_epochs"])
+    if (ckpt.get("clip") or {}).get("clip_random_init") and not saved.get("random_clip_terms"):
+        coarse, _, fine = new_epochs   # offline: as disable_random_clip_terms did at the start
+        new_epochs = [coarse + fine, 0, 0]
     stage, done = ckpt["stage"], ckpt["epoch"]
     for i, (new, old) in enumerate(zip(new_epochs, saved["stage_epochs"])):
         if i < stage and new != old:

@@ -375,3 +375,26 @@ def test_bad_data_and_results_file_are_one_line_errors(tmp_path, data_root, monk
     assert run(tmp_path, data_root, "badresults", "--epochs", "3") == 2
     assert "experiment_results.json" in capsys.readouterr().err
     assert not (tmp_path / "exp" / "badresults").exists()    # refused before training
+
+
+def test_resuming_an_offline_run_with_more_epochs_keeps_them_in_stage_1(tmp_path, data_root, monkeypatch):
+    """An interrupted offline run resumed with a typed --epochs: the epochs are folded into stage
+    1 as at the start, not re-split over CLIP stages whose weights are 0."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "off",
+            *[a for a in TINY_TRAIN if a != "--random_clip_terms"]]
+    real_save = train.atomic_torch_save
+
+    def stop_after_first_epoch(obj, path):
+        real_save(obj, path)
+        if path.endswith("checkpoint_last.pth"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "atomic_torch_save", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv + ["--epochs_coarse", "1", "--epochs_prompt", "1", "--epochs_fine", "1"])   # -> [2, 0, 0]
+    monkeypatch.setattr(train, "atomic_torch_save", real_save)
+    assert train.main(argv + ["--resume", "--epochs", "5"]) == 0                                # [2, 1, 2] -> [4, 0, 0]
+    ckpt = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 4
+    assert ckpt["opt"]["stage_epochs"] == [4, 0, 0]
