@@ -286,22 +286,24 @@ def voxelize_on_device(spikes, bins):
     return spikes.reshape(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
 
 
-def load_gt(path):
-    """Only the clean image of a sample file (uint8 [H, W]) or None; skips the spikes."""
+def _load_field(path, key):
+    """One array of a sample file, or None when it has no `key`; never decompresses the spikes."""
     try:
         with _open_npz(path) as f:
-            return np.asarray(f["gt"]) if "gt" in f.files else None
+            return np.asarray(f[key]) if key in f.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e
+
+
+def load_gt(path):
+    """Only the clean image of a sample file (uint8 [H, W]) or None."""
+    return _load_field(path, "gt")
 
 
 def load_label_name(path):
-    """Only the label_name of a sample file (str) or None; skips the spikes."""
-    try:
-        with _open_npz(path) as f:
-            return str(f["label_name"]) if "label_name" in f.files else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise SpikeDataError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from e
+    """Only the label_name of a sample file (str) or None."""
+    name = _load_field(path, "label_name")
+    return None if name is None else str(name)
 
 
 def center_window(spk, num_frames, path="<array>", start=None):

@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index
+from dataset import (CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item,
+                     random_view)
 from utils import InputError, atomic_write, non_negative_int, positive_float, positive_int, report_input_error
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
@@ -330,7 +331,6 @@ class SimulatedStreams(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i):
-        from dataset import make_item, random_view
         # torch's RNG is seeded per DataLoader worker, so workers draw different captures
         rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))
         label, path = self.images[int(rng.integers(len(self.images)))]

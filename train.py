@@ -334,6 +334,12 @@ class StageLoss:
 
 # ----------------------------------------------------------------------------------------------
 
+def offline_stage_epochs(epochs):
+    """(coarse, prompt, fine) -> the schedule without CLIP: the LRN epochs all in stage 1."""
+    coarse, _, fine = epochs
+    return [coarse + fine, 0, 0]
+
+
 def disable_random_clip_terms(args, clip_info, is_main):
     """With randomly initialised CLIP the class and quality losses carry no meaning: they are
     noise as large as the reconstruction loss and drive the image away from the data, and a
@@ -344,11 +350,10 @@ def disable_random_clip_terms(args, clip_info, is_main):
     if not clip_info["clip_random_init"] or args.random_clip_terms:
         return
     args.clip_weight = args.prompt_weight = 0.0
-    coarse, _, fine = args.stage_epochs
-    args.stage_epochs = [coarse + fine, 0, 0]
+    args.stage_epochs = offline_stage_epochs(args.stage_epochs)
     note = ("CLIP has random weights: the CLIP class and quality losses are OFF (--clip_weight 0 "
             f"--prompt_weight 0) and the CLIP-guided stages 2 and 3 are skipped; stage 1 trains the "
-            f"reconstruction for {coarse + fine} epochs (coarse + fine). Pass --random_clip_terms "
+            f"reconstruction for {args.stage_epochs[0]} epochs (coarse + fine). Pass --random_clip_terms "
             "to keep the three stages with their CLIP terms anyway.")
     clip_info["warnings"].append(note)
     if is_main:
@@ -574,8 +579,7 @@ def resume_args(args, ckpt, path):
         merged.update({k: None for k in ("epochs_coarse", "epochs_prompt", "epochs_fine") if k not in args.explicit})
     new_epochs = stage_epochs(argparse.Namespace(**merged), saved["stage_epochs"])
     if (ckpt.get("clip") or {}).get("clip_random_init") and not saved.get("random_clip_terms"):
-        coarse, _, fine = new_epochs   # offline: as disable_random_clip_terms did at the start
-        new_epochs = [coarse + fine, 0, 0]
+        new_epochs = offline_stage_epochs(new_epochs)   # as disable_random_clip_terms did at the start
     stage, done = ckpt["stage"], ckpt["epoch"]
     for i, (new, old) in enumerate(zip(new_epochs, saved["stage_epochs"])):
         if i < stage and new != old:

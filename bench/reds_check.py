@@ -44,9 +44,7 @@ def network_images(path, spk):
     """{label: image [1, 1, H, W]} for a checkpoint (and its linear path alone, if it has one)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval()
-    config = ckpt["model_config"]
-    bins = 50 * (config["time_steps"] if config.get("encoding") == "temporal" else 1)
-    voxel = torch.from_numpy(voxelize(spk, bins))[None]
+    voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None]
     images = {path: to_image(model(voxel))}
     if getattr(model, "skip", None) is not None:
         images[f"{path} (linear path only)"] = to_image(model.skip(model._step_inputs(voxel).mean(0)))
@@ -62,7 +60,6 @@ def main(argv=None):
     p.add_argument("--rate", type=float, default=0.6, help="photo-electric rate (REDS_BASE: 0.6)")
     p.add_argument("--tfp_window", type=int, default=41)
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pairs = load_pairs(args.pairs, args.height, args.width)
     rows = {}
     for name, spk, gt in pairs:
