@@ -75,7 +75,7 @@ LIGHT = {
     # (0-48 px) and independently moving cut-outs (0-72 px), which the rigid drift lacked.
     "normal": CameraConfig(rate=0.6, photons_per_threshold=1000.0, motion_px=(0.0, 48.0),
                            frame_hw=(250, 400), brightness=(0.5, 1.0), layers=(0, 3),
-                           layer_px=(0.0, 72.0), rotation_deg=20.0, zoom=0.2),
+                           layer_px=(0.0, 72.0), rotation_deg=20.0, zoom=0.2, photo_scale=(0.25, 0.75)),
     # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
     "low": CameraConfig(rate=0.065),
 }
