@@ -40,8 +40,8 @@ from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, ch
                     load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
-                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, report_input_error,
-                   seed_everything, unit_interval)
+                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, remove_stale_temp_files,
+                   report_input_error, seed_everything, unit_interval)
 
 STAGES = ("coarse", "prompt", "fine")
 HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
@@ -443,10 +443,7 @@ class RunFolder:
         """A run killed while writing leaves `<file>.<random>.tmp` (utils.atomic_write): remove
         those of this folder's own files, nothing else."""
         for path in (self.last, self.best, self.opt_json):
-            folder, name = os.path.split(path)
-            for f in os.listdir(folder):
-                if f.startswith(name + ".") and f.endswith(".tmp"):
-                    os.remove(os.path.join(folder, f))
+            remove_stale_temp_files(path)
 
 
 @dataclasses.dataclass

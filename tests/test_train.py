@@ -164,7 +164,7 @@ def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, mo
     # its own checkpoint resumes, and a temp file left by a killed write is cleaned up
     (snn / "ckpts" / "checkpoint_last.pth").write_bytes(own)
     (snn / "opt.json").write_bytes(kept["opt.json"])
-    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d.tmp"
+    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d_0.tmp"
     stale.write_bytes(b"half a checkpoint")
     unrelated = snn / "ckpts" / "notes.tmp"
     unrelated.write_bytes(b"the user's")
