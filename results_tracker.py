@@ -39,12 +39,14 @@ then the lowest niqe. --metric NAME ranks by NAME instead. Ties go to the lower 
 line per dataset names the rule used.
 """
 import argparse
+import contextlib
 import csv
 import fcntl
 import json
 import math
 import os
 import sys
+import tempfile
 import uuid
 from datetime import datetime, timezone
 
@@ -123,14 +125,38 @@ def load_records(path=RESULTS_FILE):
 
 
 def check_results_file(path=RESULTS_FILE):
-    """Before a long job: the file must be readable as a results file and its folder writable,
-    so that the job's record is not lost at the end."""
-    load_records(path)
+    """Before a long job, what append_record() does at its end, short of writing: take the
+    lock, read the file as a results file, create (and remove) a temp file beside it. So the
+    job's record is not lost at the end."""
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ResultsFileError(path, "its folder does not exist or is not writable")
+    if not os.path.isdir(folder):
+        raise InputError(f"--results_file {path}: its folder does not exist")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ResultsFileError(path, "the file is not writable")
+        raise InputError(f"--results_file {path}: the file is not writable")
+    with _locked(path):
+        load_records(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise InputError(f"--results_file {path}: cannot write in its folder ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive flock on `path + ".lock"` (a sidecar: the data file is replaced on every
+    write, and a lock on a replaced inode protects nothing)."""
+    try:
+        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f"--results_file {path}: cannot create its lock file {path}.lock "
+                         f"({e.strerror})") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock_fd)   # releases the flock
 
 
 def _json_safe(value, where, warnings):
@@ -149,8 +175,8 @@ def _json_safe(value, where, warnings):
 def append_record(record, path=RESULTS_FILE):
     """Append one record to `path` and return it (a copy, with id and timestamp filled in).
 
-    The read-modify-write runs under an exclusive flock on `path + ".lock"` (a sidecar: the data
-    file is replaced on every write, and a lock on a replaced inode protects nothing)."""
+    The read-modify-write runs under the lock of _locked(); check_results_file() tries the same
+    steps before a long job."""
     warnings = record.get("warnings") or []
     warnings = [warnings] if isinstance(warnings, str) else list(warnings)
     record = _json_safe(dict(record), "", warnings)
@@ -159,15 +185,11 @@ def append_record(record, path=RESULTS_FILE):
     record.setdefault("id", uuid.uuid4().hex)
     record.setdefault("timestamp", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     record = json.loads(json.dumps(record))   # fail on values JSON cannot hold before touching the file
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _locked(path):
         runs = load_records(path) + [record]   # re-read under the lock: others may have appended
         text = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": runs},
                           indent=1, ensure_ascii=False) + "\n"
         atomic_write(path, lambda f: f.write(text), mode="w")
-    finally:
-        os.close(lock_fd)   # releases the flock
     return record
 
 

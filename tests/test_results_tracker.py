@@ -318,3 +318,33 @@ def test_concurrent_writers_lose_nothing(results):
     for w in range(4):  # each writer's records are all there, in its own order
         assert [r["train"]["epochs"] for r in runs if r["run_name"] == f"w{w}"] == list(range(25))
     assert [n for n in os.listdir(os.path.dirname(results)) if n.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("case", ["lock is a folder", "lock in /proc", "lock is a dangling link"])
+def test_start_check_fails_exactly_where_the_append_would(tmp_path, case):
+    """A results file whose lock cannot be made passed the start check, and the job's record
+    was lost at its end: the check must try what append_record() does."""
+    path = str(tmp_path / "results.json")
+    if case == "lock is a folder":
+        os.mkdir(path + ".lock")
+    elif case == "lock in /proc":
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        path = "/proc/results.json"
+    else:
+        os.symlink(str(tmp_path / "gone" / "x.lock"), path + ".lock")
+    with pytest.raises(rt.InputError, match="results.json") as exc:
+        rt.check_results_file(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(Exception):
+        rt.append_record({"run_name": "r", "kind": "evaluate"}, path)
+    assert not os.path.exists(path)
+
+
+def test_start_check_leaves_nothing_but_the_lock(tmp_path):
+    path = tmp_path / "results.json"
+    rt.check_results_file(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json.lock"]
+    rt.append_record({"run_name": "r", "kind": "evaluate"}, str(path))
+    rt.check_results_file(str(path))
+    assert len(rt.load_records(str(path))) == 1
