@@ -147,3 +147,27 @@ def test_device_and_data_errors_are_one_line(trained, tmp_path, capsys):
     (bad / "0.npz").write_bytes(os.urandom(3000))
     assert evaluate.main(args + ["--data_root", str(tmp_path / "bad")]) == 2
     assert "0.npz: not a valid .npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no spikes"])
+def test_a_bad_file_last_in_the_split_is_found_before_the_work(trained, tmp_path, capsys, monkeypatch, damage):
+    """The split's last file truncated (or without its spikes): a one-line error naming it before
+    any sample is scored, not a crash that throws the whole evaluation away at the end."""
+    import shutil
+    import numpy as np
+    _, data, ckpt = trained
+    copy = tmp_path / "data"
+    shutil.copytree(os.path.join(data, "U-CIFAR", "test"), copy / "U-CIFAR" / "test")
+    last = max((copy / "U-CIFAR" / "test").iterdir(), key=lambda p: int(p.stem))
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:-200])
+    else:
+        np.savez_compressed(last, label=np.int64(1))
+    scored = []
+    real_iqa = evaluate.NoReferenceIQA
+    monkeypatch.setattr(evaluate, "NoReferenceIQA", lambda *a, **k: scored.append(1) or real_iqa(*a, **k))
+    rc = evaluate.main(["--checkpoint", str(ckpt), "--data_root", str(copy), "--num_workers", "0",
+                        "--exp_root", str(tmp_path / "exp"), "--results_file", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(last) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert scored == [] and not (tmp_path / "r.json").exists()
