@@ -153,7 +153,7 @@ def check_spikes(spk, path, min_frames=1):
     return np.ascontiguousarray(spk)
 
 
-def _open_npz(path):
+def _check_zip_start(path):
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"\x93NUMPY"):
@@ -161,6 +161,10 @@ def _open_npz(path):
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):   # else numpy takes it for a pickle
         raise SpikeDataError(f"{path}: not a valid .npz file (an .npz is a zip archive; this one "
                              f"{'is empty' if not magic else 'does not start like one'})")
+
+
+def _open_npz(path):
+    _check_zip_start(path)
     return np.load(path, allow_pickle=False)
 
 
@@ -170,6 +174,7 @@ def check_archives(files):
     SpikeDataError naming the first bad file."""
     for path in files:
         try:
+            _check_zip_start(path)
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
         except (OSError, zipfile.BadZipFile) as e:
