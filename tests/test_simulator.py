@@ -2,6 +2,7 @@
 import dataclasses
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -309,6 +310,29 @@ def test_source_dir_too_few_images_is_an_error(tmp_path, capsys):
     assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--workers", "1",
                      "--data_root", str(tmp_path / "out")]) == 2
     assert "frog" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["text.jpg", "truncated.jpg", "truncated.png"])
+def test_an_image_that_does_not_decode_is_named_when_the_folder_is_opened(tmp_path, capsys, bad):
+    """--simulate_from: found when SimulatedStreams opens the folder, not when the sampler first
+    draws the file (possibly hours in); the same for generate_synthetic_data.py --source_dir."""
+    src = str(tmp_path / "src")
+    make_image_folder(src, ["airplane", "frog"], per_class=2, size=64)
+    path = os.path.join(src, "frog", bad)
+    if bad == "text.jpg":
+        open(path, "w").write("not an image\n")
+    else:
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 2])
+    with pytest.raises(InputError, match=re.escape(path)):
+        gen.SimulatedStreams(src, "CIFAR", gen.LIGHT["normal"], 32, 50)
+    assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "0", "--workers", "1",
+                     "--data_root", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert path in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "U-CIFAR" / "train" / "0.npz")
 
 
 @pytest.mark.parametrize("flag,value", [("--rate", "0"), ("--rate", "nan"), ("--frame_size", "-5"),
