@@ -23,7 +23,9 @@ A record, as the scripts write it (readers cope with any field missing):
                                  LRN)", "the original SpikeCLIP LRN" (the authors' weights)
   kind "train" (train.py):       train = {"stage_epochs": [coarse, prompt, fine], "history":
                                  [{"stage", "epoch", "val_score", "train_<term>": ...}],
-                                 "best_val_score": lowest final-stage validation loss,
+                                 "best_val_score": the validation loss of the checkpoint
+                                 (checkpoint_best.pth), "best_stage" that selected it,
+                                 "best_epoch" (epochs of that stage done),
                                  "hq_bank": str, "world_size": int}
   kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M}, M holding top1,
                                  top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
@@ -359,7 +361,8 @@ def _flatten(value, prefix, out):
 
 def compare_rows(a, b):
     """[{field, a, b, diff (B - A), better}] over every field of either run. No "better" for
-    accuracy when either run used a random CLIP: that accuracy is not a semantic result."""
+    accuracy when either run used a random CLIP: that accuracy is not a semantic result; nor
+    for best_val_score of checkpoints chosen in different stages (different losses)."""
     def fields(row):
         out = {k: row[k] for k in ("dataset", "date", *IDENTITY, "clip_status")}
         out["warnings"] = "; ".join(row["warnings"]) or None
@@ -369,6 +372,7 @@ def compare_rows(a, b):
         return out
     fa, fb = fields(a), fields(b)
     random_clip = "random" in (a["clip_status"], b["clip_status"])
+    other_loss = fa.get("train.best_stage") != fb.get("train.best_stage")   # stages' losses differ
     table = []
     for field in dict.fromkeys(list(fa) + list(fb)):
         va, vb = fa.get(field), fb.get(field)
@@ -377,7 +381,8 @@ def compare_rows(a, b):
         diff = better = None
         if _number(va) and _number(vb):
             diff = vb - va
-            if higher is not None and not (random_clip and names[-1] in ACCURACY):
+            if higher is not None and not (random_clip and names[-1] in ACCURACY) \
+                    and not (other_loss and names[-1] == "best_val_score"):
                 better = "=" if diff == 0 else "B" if (diff > 0) == higher else "A"
         table.append({"field": field, "a": va, "b": vb, "diff": diff, "better": better})
     return table

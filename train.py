@@ -843,12 +843,15 @@ def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
 
 def write_results_record(s, progress):
     args, info = s.args, s.clip_info
-    final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
+    # the score of the weights the record points to: the best epoch of the stage that last
+    # wrote checkpoint_best.pth (stage 1 for an offline run), read from that file itself
+    best = load_checkpoint(s.folder.best)
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
               "checkpoint": s.folder.best, "arch": args.arch, "model": model_name(s.model.config()),
               **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
-                        "best_val_score": min(final, default=None),
+                        "best_val_score": best["val_score"], "best_stage": STAGES[best["stage"]],
+                        "best_epoch": best["epoch"],
                         "hq_bank": s.bank_source, "world_size": s.world,
                         "recon_target": args.recon_target, "teacher": s.teacher_info}}
     append_record(record, args.results_file)

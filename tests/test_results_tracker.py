@@ -219,6 +219,18 @@ def test_compare_a_lower_validation_loss_is_better(results, capsys):
     assert fields["train.history"]["a"] == "1 entries"
 
 
+def test_compare_ranks_validation_losses_of_the_same_stage_only(results, capsys):
+    """best_val_score of a checkpoint chosen in stage 1 and one chosen in stage 3 are different
+    losses: shown side by side, no winner."""
+    for name, score, stage in (("a", 0.5, "coarse"), ("b", 0.3, "fine"), ("c", 0.4, "coarse")):
+        rt.append_record({"run_name": name, "kind": "train", "dataset": "U-CIFAR",
+                          "train": {"best_val_score": score, "best_stage": stage}}, results)
+    _, out, _ = cli(capsys, "--file", results, "--compare", "a", "b", "--format", "json")
+    assert {f["field"]: f for f in json.loads(out)["fields"]}["train.best_val_score"]["better"] is None
+    _, out, _ = cli(capsys, "--file", results, "--compare", "a", "c", "--format", "json")
+    assert {f["field"]: f for f in json.loads(out)["fields"]}["train.best_val_score"]["better"] == "B"
+
+
 def test_compare_unknown_run(two_runs, capsys):
     code, _, err = cli(capsys, "--file", two_runs, "--compare", "a", "nope")
     assert code == 1 and "nope" in err

@@ -279,6 +279,22 @@ def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root,
     assert any("losses are OFF" in w for w in ckpt["clip"]["warnings"])
 
 
+def test_offline_run_records_the_score_of_its_best_checkpoint(tmp_path, data_root, monkeypatch):
+    """An offline run (random CLIP: every epoch in stage 1) has no stage-3 epochs; its record
+    must still carry the score that selected checkpoint_best.pth, so runs can be ranked."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "off",
+            *[a for a in TINY_TRAIN if a != "--random_clip_terms"], "--epochs", "3"]
+    assert train.main(argv) == 0
+    record = json.loads((tmp_path / "experiment_results.json").read_text())["runs"][-1]["train"]
+    history = record["history"]
+    assert len(history) >= 2 and {h["stage"] for h in history} == {"coarse"}
+    best = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_best.pth")
+    assert record["best_val_score"] == best["val_score"] == min(h["val_score"] for h in history)
+    assert record["best_stage"] == "coarse"
+    assert history[record["best_epoch"] - 1]["val_score"] == record["best_val_score"]
+
+
 def test_augmented_training_views_match_spikes_and_gt(data_root):
     """With the crop as large as the frame, a view is a flip/rotation of the whole sample, and
     the spikes and the gt must have been given the same one."""
