@@ -565,13 +565,17 @@ class UHSRDataset(Dataset):
       tfp, tfi float32 [1, S, S]    baselines / pseudo-targets (only with with_baselines=True)
       index   int                   the file's numeric index
     `bins` is 50 for direct encoding; temporal encoding with T steps asks for 50*T bins.
+    `rate`: the camera's firing rate of a white pixel, when known (simulated data): TFP/TFI are
+    then intensity estimates count / frames / rate; without it (real captures) they are
+    normalised to their 99.5th percentile (utils.tfp).
     With `cache_path`, samples are read from that decoded cache of the files (SpikeCache: the
     same items for >10x less CPU), which is built first when missing, stale or damaged; a file
     at that path which is not a cache of ours is refused (CacheError), never replaced.
     """
 
     def __init__(self, data_root, data_type, split, bins=UHSR_BINS, num_frames=UHSR_FRAMES,
-                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False, cache_path=None):
+                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False, cache_path=None,
+                 rate=None):
         if data_type not in CLASS_NAMES:
             raise ValueError(f"data_type must be one of {sorted(CLASS_NAMES)}, got {data_type!r}")
         self.data_type = data_type
@@ -582,7 +586,7 @@ class UHSRDataset(Dataset):
         if num_frames >= 2 ** 16:   # TFP counts are uint16
             raise ValueError(f"num_frames {num_frames}: at most 65535 frames per sample")
         self.bins, self.num_frames, self.crop_size = bins, num_frames, crop_size
-        self.with_baselines, self.augment = with_baselines, augment
+        self.with_baselines, self.augment, self.rate = with_baselines, augment, rate
         if files is None:
             if not os.path.isdir(self.root):
                 raise SpikeDataError(
@@ -621,12 +625,12 @@ class UHSRDataset(Dataset):
         if self.cache is None:
             spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
             spk, gt = self.view([center_window(spk, self.num_frames, path), gt], path)
-            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index)
+            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index, self.rate)
         packed, intervals, label, gt = self.cache.read(i)
         packed, gt, intervals = self.view([packed, gt, intervals], path)
         voxel = voxelize_packed(packed, self.bins, self.num_frames)
         return item_from_voxel(voxel, self.num_frames, gt, label, self.class_names, index,
-                               intervals if self.with_baselines else None)
+                               intervals if self.with_baselines else None, self.rate)
 
     def view(self, arrays, path):
         """The crop of arrays [..., H, W] (None stays None) the model sees: the centre, or with
@@ -636,16 +640,17 @@ class UHSRDataset(Dataset):
         return [None if x is None else center_crop(x, self.crop_size, path) for x in arrays]
 
 
-def make_item(spk, gt, label, class_names, bins, with_baselines, index):
+def make_item(spk, gt, label, class_names, bins, with_baselines, index, rate=None):
     """One training/evaluation sample from spikes [T, S, S] and gt uint8 [S, S] (or None);
     the dict UHSRDataset documents."""
     return item_from_voxel(voxelize(spk, bins, np.uint8), len(spk), gt, label, class_names, index,
-                           tfi_interval(spk) if with_baselines else None)
+                           tfi_interval(spk) if with_baselines else None, rate)
 
 
-def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None):
+def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None, rate=None):
     """make_item() from the voxel uint8 [bins, S, S] of num_frames frames; with the per-pixel
-    TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames."""
+    TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames
+    (divided by `rate` when it is given, else normalised)."""
     s = voxel.shape[-1]
     item = {
         "voxel": torch.from_numpy(voxel),
@@ -657,6 +662,6 @@ def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_interv
                else torch.from_numpy(gt.astype(np.float32) / 255.0)[None]),
     }
     if tfi_intervals is not None:
-        item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames))[None]
-        item["tfi"] = torch.from_numpy(tfi_from_interval(tfi_intervals))[None]
+        item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames, rate))[None]
+        item["tfi"] = torch.from_numpy(tfi_from_interval(tfi_intervals, rate))[None]
     return item

@@ -460,6 +460,19 @@ def read_settings(data_root, data_type):
     return settings
 
 
+def recorded_rate(data_root, data_type):
+    """The firing rate of a white pixel of the camera `<data_root>/U-<type>/` was simulated with,
+    or None (no record: real captures, whose rate is unknown)."""
+    return ((read_settings(data_root, data_type) or {}).get("camera") or {}).get("rate")
+
+
+def baseline_convention(rate, source):
+    """One line saying how TFP/TFI are scaled."""
+    if rate is None:
+        return "TFP/TFI normalised to their 99.5th percentile (the camera's rate is not known)"
+    return f"TFP/TFI = spike count / frames / rate {rate:g} ({source}), clipped to [0, 1]"
+
+
 def check_settings(data_root, data_type, settings, overwrite):
     """Before any file is written: a data folder holding files made with other settings (or with
     none recorded) is refused, or with --overwrite emptied -> how many of its files are kept."""

@@ -29,7 +29,7 @@ from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset, one_dataset,
                      voxelize_on_device)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
-from generate_synthetic_data import procedural_streams, read_settings
+from generate_synthetic_data import baseline_convention, procedural_streams, read_settings, recorded_rate
 from metrics import ENERGY_MODEL, NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
 from models import load_checkpoint, model_from_checkpoint, model_name, scored_image
 from results_tracker import RESULTS_FILE, append_record, check_results_file
@@ -227,8 +227,10 @@ def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
 
 def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
     """Panels of --num_samples samples spread evenly over --split (first and last included)."""
+    rate = recorded_rate(args.data_root, data_type)
     dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
-                          with_baselines=True)
+                          with_baselines=True, rate=rate)
+    print("panels:", baseline_convention(rate, "the data root's simulated camera"))
     n = min(args.num_samples, len(dataset))
     picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
     written = []
