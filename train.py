@@ -800,7 +800,7 @@ def hand_over(s, progress, optimizer, scheduler):
     if s.args.early_stop and os.path.exists(s.folder.best):
         if s.world > 1:
             dist.barrier()
-        best = load_checkpoint(s.folder.best)
+        best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
         if best["stage"] == progress.stage:
             s.model.load_state_dict(best["model"])
             s.prompts.load_state_dict(best["prompts"])
@@ -845,13 +845,13 @@ def write_results_record(s, progress):
     args, info = s.args, s.clip_info
     # the score of the weights the record points to: the best epoch of the stage that last
     # wrote checkpoint_best.pth (stage 1 for an offline run), read from that file itself
-    best = load_checkpoint(s.folder.best)
+    best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
               "checkpoint": s.folder.best, "arch": args.arch, "model": model_name(s.model.config()),
               **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
-                        "best_val_score": best["val_score"], "best_stage": STAGES[best["stage"]],
-                        "best_epoch": best["epoch"],
+                        "best_val_score": best.get("val_score"),
+                        "best_stage": STAGES[best["stage"]] if best else None, "best_epoch": best.get("epoch"),
                         "hq_bank": s.bank_source, "world_size": s.world,
                         "recon_target": args.recon_target, "teacher": s.teacher_info}}
     append_record(record, args.results_file)
