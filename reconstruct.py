@@ -256,8 +256,8 @@ def is_stateful(model, sliding):
 # Writers: .mp4, .npy and a single .png go through utils.atomic_output (they appear complete
 # under their name, or not at all); a PNG sequence writes each frame atomically.
 
-FRAME_NAME = re.compile(r"\d{6}\.png")      # the frames of a PNG sequence, and their temp files
-FRAME_TEMP = re.compile(r"\d{6}\.png\.[a-z0-9_]{8}\.tmp")
+FRAME_NAME = re.compile(r"\d{6}\.png")                       # a frame of a PNG sequence
+FRAME_TEMP = re.compile(r"\d{6}\.png\.[a-z0-9_]{8}\.tmp")     # one a killed run left half-written
 
 
 def to_uint8(image):
