@@ -22,6 +22,7 @@ from tqdm import tqdm
 from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window, one_dataset,
                      read_dat, voxelize)
+from generate_synthetic_data import baseline_convention, recorded_rate
 from metrics import NoReferenceIQA, no_reference_names, psnr, ssim
 from models import (ORIGINAL_NAME, is_original, load_checkpoint, model_from_checkpoint, model_name,
                     scored_image)
@@ -76,8 +77,10 @@ def get_args(argv=None):
     g.add_argument("--gt", help="ground-truth image (grey or colour) of the stream's centre frame")
     g.add_argument("--height", type=positive_int, default=250)
     g.add_argument("--width", type=positive_int, default=400)
-    g.add_argument("--rate", type=positive_float, help="photo-electric rate: TFP/TFI = estimate / rate "
-                                                       "(REDS_BASE: 0.6); default: normalised to the 99.5th percentile")
+    p.add_argument("--rate", type=positive_float,
+                   help="photo-electric rate (firing rate of a white pixel): TFP/TFI = estimate / rate "
+                        "(REDS_BASE: 0.6); default: a simulated data root's camera (its simulation.json), "
+                        "else normalised to the 99.5th percentile")
     g.add_argument("--tfp_window", type=positive_int, help="frames TFP averages (Spike-Zoo: 41); default: the model's window")
     return p.parse_args(argv)
 
@@ -114,8 +117,13 @@ def evaluate(args):
     arch = ckpt["model_config"]["arch"]
     data_type = args.data_type or ckpt["data_type"]
     crop = args.crop_size or ckpt["crop_size"]
+    # baselines on the network's scale: absolute intensity where the camera's rate is known
+    rate, rate_source = args.rate, "--rate"
+    if rate is None:
+        rate, rate_source = recorded_rate(args.data_root, data_type), "the data root's simulated camera"
+    baselines = baseline_convention(rate, rate_source)
     dataset = UHSRDataset(args.data_root, data_type, args.split, bins=model.input_channels, crop_size=crop,
-                          with_baselines=True)
+                          with_baselines=True, rate=rate)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         pin_memory=device.type == "cuda")
     clip_model, clip_info = load_clip(args.clip_model or ckpt["clip"]["clip_model"],
@@ -133,8 +141,8 @@ def evaluate(args):
             voxel = batch["voxel"].to(device, non_blocking=True).float()
             labels = batch["label"].to(device)
             out, rates = model(voxel, return_rates=True)
-            images = {arch: scored_image(config, out.float()), "tfp": batch["tfp"].to(device),
-                      "tfi": batch["tfi"].to(device)}
+            images = {arch: scored_image(config, out.float()), "tfp": batch["tfp"].to(device).clamp(0, 1),
+                      "tfi": batch["tfi"].to(device).clamp(0, 1)}
             rate_sum = rates.float() if rate_sum is None else rate_sum + rates.float()
             n_batches += 1
             per_method = {}
@@ -160,7 +168,7 @@ def evaluate(args):
                 rows.append(row)
             k = args.num_grid - sum(len(x[0]) for x in shown)
             if k > 0:   # the first --num_grid samples: spikes, TFP, TFI, network, gt (black if none)
-                shown.append([batch["voxel"][:k], batch["tfp"][:k], batch["tfi"][:k],
+                shown.append([batch["voxel"][:k], images["tfp"][:k].cpu(), images["tfi"][:k].cpu(),
                               images[arch][:k].clamp(0, 1).cpu(), batch["gt"][:k]])
 
     # -- summary --------------------------------------------------------------------------------
@@ -179,7 +187,7 @@ def evaluate(args):
     csv_path = os.path.join(out_dir, f"eval_{data_type}_{args.split}.csv")
     atomic_write(csv_path, lambda f: _write_csv(f, rows), mode="w")
     table = format_summary(summary, metric_keys, data_type, args, len(rows), clip_info, iqa_variant, firing_rates,
-                           crop, model_name(config))
+                           crop, model_name(config), baselines)
     atomic_write(os.path.join(out_dir, f"eval_{data_type}_{args.split}_summary.md"), lambda f: f.write(table), mode="w")
     if shown:
         import torchvision
@@ -191,7 +199,8 @@ def evaluate(args):
               "clip_model": clip_info["clip_model"], "clip_weights": clip_info["clip_weights"],
               "clip_random_init": clip_info["clip_random_init"], "warnings": warnings,
               "metrics": summary, "num_samples": len(rows), "iqa_variant": iqa_variant,
-              "input_size": crop, "firing_rates": firing_rates, "device": str(device)}
+              "input_size": crop, "firing_rates": firing_rates, "device": str(device),
+              "rate": rate, "baselines": baselines}
     if raw_output:
         record["scoring"] = ORIGINAL_SCORING
     append_record(record, args.results_file)
@@ -233,8 +242,9 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     keys = list(next(iter(summary.values())))
     name = os.path.basename(args.dat)
     lines = [f"# {name}: centre {UHSR_FRAMES} of {len(stream)} frames, {spk.shape[1]}x{spk.shape[2]}, "
-             f"TFP window {args.tfp_window or UHSR_FRAMES}, rate {args.rate or 'normalised'}",
-             f"checkpoint: {args.checkpoint} ({model_name(config)})", f"IQA: {iqa_variant}", "",
+             f"TFP window {args.tfp_window or UHSR_FRAMES}",
+             f"checkpoint: {args.checkpoint} ({model_name(config)})", f"IQA: {iqa_variant}",
+             f"baselines: {baseline_convention(args.rate, '--rate')}", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     label = {config["arch"]: model_name(config)}
     lines += [f"| {label.get(m, m.upper())} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |"
@@ -249,7 +259,8 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
                    "clip_random_init": clip.get("clip_random_init"), "warnings": clip.get("warnings", []),
                    "metrics": summary, "num_samples": 1, "iqa_variant": iqa_variant,
                    "firing_rates": {f"lif{i + 1}": float(r) for i, r in enumerate(rates)} if config["arch"] == "snn" else {},
-                   "rate": args.rate, "tfp_window": args.tfp_window}, args.results_file)
+                   "rate": args.rate, "baselines": baseline_convention(args.rate, "--rate"),
+                   "tfp_window": args.tfp_window}, args.results_file)
     return 0
 
 
@@ -262,7 +273,8 @@ def _write_csv(f, rows):
     writer.writerows(rows)
 
 
-def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, firing_rates, crop, network):
+def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, firing_rates, crop, network,
+                   baselines):
     names = {"top1": "top-1 acc", "top5": "top-5 acc", "niqe": "NIQE ↓", "brisque": "BRISQUE ↓",
              "piqe": "PIQE ↓", "psnr": "PSNR dB ↑", "ssim": "SSIM ↑"}
     lines = [f"# Evaluation: U-{data_type} {args.split}, {n} samples, {crop}x{crop} crop",
@@ -272,7 +284,7 @@ def format_summary(summary, keys, data_type, args, n, clip_info, iqa_variant, fi
         lines.append("**WARNING: randomly initialised CLIP — the accuracies below are NOT semantic results.**")
     if network == ORIGINAL_NAME:
         lines.append(ORIGINAL_SCORING)
-    lines += [f"IQA: {iqa_variant}", "",
+    lines += [f"IQA: {iqa_variant}", f"baselines: {baselines}", "",
               "| method | " + " | ".join(names[k] for k in keys) + " |",
               "|---" * (len(keys) + 1) + "|"]
     for m, vals in summary.items():

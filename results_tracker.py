@@ -23,7 +23,9 @@ A record, as the scripts write it (readers cope with any field missing):
                                  LRN)", "the original SpikeCLIP LRN" (the authors' weights)
   kind "train" (train.py):       train = {"stage_epochs": [coarse, prompt, fine], "history":
                                  [{"stage", "epoch", "val_score", "train_<term>": ...}],
-                                 "best_val_score": lowest final-stage validation loss,
+                                 "best_val_score": the validation loss of the checkpoint
+                                 (checkpoint_best.pth), "best_stage" that selected it,
+                                 "best_epoch" (epochs of that stage done),
                                  "hq_bank": str, "world_size": int}
   kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M}, M holding top1,
                                  top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
@@ -39,12 +41,14 @@ then the lowest niqe. --metric NAME ranks by NAME instead. Ties go to the lower 
 line per dataset names the rule used.
 """
 import argparse
+import contextlib
 import csv
 import fcntl
 import json
 import math
 import os
 import sys
+import tempfile
 import uuid
 from datetime import datetime, timezone
 
@@ -123,14 +127,38 @@ def load_records(path=RESULTS_FILE):
 
 
 def check_results_file(path=RESULTS_FILE):
-    """Before a long job: the file must be readable as a results file and its folder writable,
-    so that the job's record is not lost at the end."""
-    load_records(path)
+    """Before a long job, what append_record() does at its end, short of writing: take the
+    lock, read the file as a results file, create (and remove) a temp file beside it. So the
+    job's record is not lost at the end."""
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ResultsFileError(path, "its folder does not exist or is not writable")
+    if not os.path.isdir(folder):
+        raise InputError(f"--results_file {path}: its folder does not exist")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ResultsFileError(path, "the file is not writable")
+        raise InputError(f"--results_file {path}: the file is not writable")
+    with _locked(path):
+        load_records(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise InputError(f"--results_file {path}: cannot write in its folder ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive flock on `path + ".lock"` (a sidecar: the data file is replaced on every
+    write, and a lock on a replaced inode protects nothing)."""
+    try:
+        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f"--results_file {path}: cannot create its lock file {path}.lock "
+                         f"({e.strerror})") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock_fd)   # releases the flock
 
 
 def _json_safe(value, where, warnings):
@@ -149,8 +177,8 @@ def _json_safe(value, where, warnings):
 def append_record(record, path=RESULTS_FILE):
     """Append one record to `path` and return it (a copy, with id and timestamp filled in).
 
-    The read-modify-write runs under an exclusive flock on `path + ".lock"` (a sidecar: the data
-    file is replaced on every write, and a lock on a replaced inode protects nothing)."""
+    The read-modify-write runs under the lock of _locked(); check_results_file() tries the same
+    steps before a long job."""
     warnings = record.get("warnings") or []
     warnings = [warnings] if isinstance(warnings, str) else list(warnings)
     record = _json_safe(dict(record), "", warnings)
@@ -159,15 +187,11 @@ def append_record(record, path=RESULTS_FILE):
     record.setdefault("id", uuid.uuid4().hex)
     record.setdefault("timestamp", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     record = json.loads(json.dumps(record))   # fail on values JSON cannot hold before touching the file
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _locked(path):
         runs = load_records(path) + [record]   # re-read under the lock: others may have appended
         text = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": runs},
                           indent=1, ensure_ascii=False) + "\n"
         atomic_write(path, lambda f: f.write(text), mode="w")
-    finally:
-        os.close(lock_fd)   # releases the flock
     return record
 
 
@@ -337,7 +361,8 @@ def _flatten(value, prefix, out):
 
 def compare_rows(a, b):
     """[{field, a, b, diff (B - A), better}] over every field of either run. No "better" for
-    accuracy when either run used a random CLIP: that accuracy is not a semantic result."""
+    accuracy when either run used a random CLIP: that accuracy is not a semantic result; nor
+    for best_val_score of checkpoints chosen in different stages (different losses)."""
     def fields(row):
         out = {k: row[k] for k in ("dataset", "date", *IDENTITY, "clip_status")}
         out["warnings"] = "; ".join(row["warnings"]) or None
@@ -347,6 +372,7 @@ def compare_rows(a, b):
         return out
     fa, fb = fields(a), fields(b)
     random_clip = "random" in (a["clip_status"], b["clip_status"])
+    other_loss = fa.get("train.best_stage") != fb.get("train.best_stage")   # stages' losses differ
     table = []
     for field in dict.fromkeys(list(fa) + list(fb)):
         va, vb = fa.get(field), fb.get(field)
@@ -355,7 +381,8 @@ def compare_rows(a, b):
         diff = better = None
         if _number(va) and _number(vb):
             diff = vb - va
-            if higher is not None and not (random_clip and names[-1] in ACCURACY):
+            if higher is not None and not (random_clip and names[-1] in ACCURACY) \
+                    and not (other_loss and names[-1] == "best_val_score"):
                 better = "=" if diff == 0 else "B" if (diff > 0) == higher else "A"
         table.append({"field": field, "a": va, "b": vb, "diff": diff, "better": better})
     return table

@@ -40,8 +40,8 @@ from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, ch
                     load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
-                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, report_input_error,
-                   seed_everything, unit_interval)
+                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, remove_stale_temp_files,
+                   report_input_error, seed_everything, unit_interval)
 
 STAGES = ("coarse", "prompt", "fine")
 HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
@@ -443,10 +443,7 @@ class RunFolder:
         """A run killed while writing leaves `<file>.<random>.tmp` (utils.atomic_write): remove
         those of this folder's own files, nothing else."""
         for path in (self.last, self.best, self.opt_json):
-            folder, name = os.path.split(path)
-            for f in os.listdir(folder):
-                if f.startswith(name + ".") and f.endswith(".tmp"):
-                    os.remove(os.path.join(folder, f))
+            remove_stale_temp_files(path)
 
 
 @dataclasses.dataclass
@@ -803,7 +800,7 @@ def hand_over(s, progress, optimizer, scheduler):
     if s.args.early_stop and os.path.exists(s.folder.best):
         if s.world > 1:
             dist.barrier()
-        best = load_checkpoint(s.folder.best)
+        best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
         if best["stage"] == progress.stage:
             s.model.load_state_dict(best["model"])
             s.prompts.load_state_dict(best["prompts"])
@@ -846,12 +843,15 @@ def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
 
 def write_results_record(s, progress):
     args, info = s.args, s.clip_info
-    final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
+    # the score of the weights the record points to: the best epoch of the stage that last
+    # wrote checkpoint_best.pth (stage 1 for an offline run), read from that file itself
+    best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
               "checkpoint": s.folder.best, "arch": args.arch, "model": model_name(s.model.config()),
               **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
-                        "best_val_score": min(final, default=None),
+                        "best_val_score": best.get("val_score"),
+                        "best_stage": STAGES[best["stage"]] if best else None, "best_epoch": best.get("epoch"),
                         "hq_bank": s.bank_source, "world_size": s.world,
                         "recon_target": args.recon_target, "teacher": s.teacher_info}}
     append_record(record, args.results_file)

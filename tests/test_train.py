@@ -164,7 +164,7 @@ def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, mo
     # its own checkpoint resumes, and a temp file left by a killed write is cleaned up
     (snn / "ckpts" / "checkpoint_last.pth").write_bytes(own)
     (snn / "opt.json").write_bytes(kept["opt.json"])
-    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d.tmp"
+    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d_0.tmp"
     stale.write_bytes(b"half a checkpoint")
     unrelated = snn / "ckpts" / "notes.tmp"
     unrelated.write_bytes(b"the user's")
@@ -277,6 +277,22 @@ def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root,
     assert ckpt["opt"]["clip_weight"] == 0 and ckpt["opt"]["prompt_weight"] == 0
     assert all("train_clip" not in h for h in ckpt["history"])             # the term is not computed
     assert any("losses are OFF" in w for w in ckpt["clip"]["warnings"])
+
+
+def test_offline_run_records_the_score_of_its_best_checkpoint(tmp_path, data_root, monkeypatch):
+    """An offline run (random CLIP: every epoch in stage 1) has no stage-3 epochs; its record
+    must still carry the score that selected checkpoint_best.pth, so runs can be ranked."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "off",
+            *[a for a in TINY_TRAIN if a != "--random_clip_terms"], "--epochs", "3"]
+    assert train.main(argv) == 0
+    record = json.loads((tmp_path / "experiment_results.json").read_text())["runs"][-1]["train"]
+    history = record["history"]
+    assert len(history) >= 2 and {h["stage"] for h in history} == {"coarse"}
+    best = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_best.pth")
+    assert record["best_val_score"] == best["val_score"] == min(h["val_score"] for h in history)
+    assert record["best_stage"] == "coarse"
+    assert history[record["best_epoch"] - 1]["val_score"] == record["best_val_score"]
 
 
 def test_augmented_training_views_match_spikes_and_gt(data_root):
