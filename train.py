@@ -648,6 +648,9 @@ def start_or_resume(args, folder, device, is_main):
         epochs = run["opt"]["stage_epochs"]
     if offline:   # (idempotent: a resumed offline run's own schedule is already folded)
         epochs = [epochs[0] + epochs[2], 0, 0]
+        if not epochs[0]:
+            raise InputError("CLIP has random weights, so only the coarse and fine epochs train (in stage 1), "
+                             "and there are none: give --epochs_coarse or --epochs_fine (or --random_clip_terms)")
     args.stage_epochs = epochs
     if offline:
         switch_off_clip_terms(args, clip_info, is_main)
