@@ -61,14 +61,16 @@ def test_three_stages_run_and_write_the_run_folder(tmp_path, data_root, monkeypa
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
-    """Killed inside a stage (its optimizer continues), at a stage boundary, and inside the last
-    stage (the prompt stage's bank draws behind it): each resumed run ends bit-identical."""
+    """Killed inside a stage (its optimizer continues), after its last epoch, at a stage boundary,
+    and inside the last stage (the prompt stage's bank draws behind it): each resumed run ends
+    bit-identical."""
     monkeypatch.chdir(tmp_path)
     schedule = ["--epochs_coarse", "2", "--epochs_prompt", "1", "--epochs_fine", "2"]
     assert run(tmp_path, data_root, "straight", *schedule) == 0
     a = load(tmp_path / "exp" / "straight" / "ckpts" / "checkpoint_last.pth")
-    # checkpoint_last.pth writes: coarse 1, coarse 2, hand-over, prompt 1, hand-over, fine 1, ...
-    for after in (1, 3, 6):
+    # checkpoint_last.pth writes: coarse 1, coarse 2 (its end still to do), end of coarse, prompt 1,
+    # end of prompt, fine 1, ...
+    for after in (1, 2, 3, 6):
         name = f"interrupted{after}"
         interrupted_run(tmp_path, data_root, monkeypatch, name, *schedule, after=after)
         assert run(tmp_path, data_root, name, "--resume") == 0
@@ -293,6 +295,12 @@ def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root,
     assert any("losses are OFF" in w for w in ckpt["clip"]["warnings"])
     opt = json.loads((tmp_path / "exp" / "offline" / "opt.json").read_text())
     assert opt["hq_bank"] == "none (the prompt stage does not run)"               # and no gt is read for it
+    # offline, only the coarse and fine epochs train: none of them is refused, not a run of nothing
+    argv[argv.index("offline")] = "nothing"
+    assert train.main(argv[:-6] + ["--epochs_coarse", "0", "--epochs_prompt", "2", "--epochs_fine", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "only the coarse and fine epochs train" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "exp" / "nothing").exists()
 
 
 def test_augmented_training_views_match_spikes_and_gt(data_root):
