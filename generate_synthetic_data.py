@@ -85,6 +85,7 @@ LIGHT = {
     # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
     "low": CameraConfig(rate=0.065),
 }
+DEFAULT_LIGHT = "low"   # of this script and of train.py --simulate_from: the UHSR captures are dark
 
 
 # ----------------------------------------------------------------------------------------------
@@ -737,7 +738,7 @@ def main(argv=None):
                                          "(class folders named like the dataset's classes)")
     src.add_argument("--torchvision", metavar="DOWNLOAD_DIR",
                      help="use torchvision CIFAR-10 (test split) / Caltech-101, downloaded here")
-    p.add_argument("--light", choices=sorted(LIGHT), default="low",
+    p.add_argument("--light", choices=sorted(LIGHT), default=DEFAULT_LIGHT,
                    help="low: UHSR-like dark captures (mean rate ~0.03); normal: REDS-like (0.6)")
     p.add_argument("--rate", type=positive_float, help="override the light regime's white-pixel firing rate")
     p.add_argument("--no_noise", action="store_true",
