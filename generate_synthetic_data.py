@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from dataset import (CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item,
                      random_view)
-from utils import InputError, atomic_write, non_negative_int, positive_float, positive_int, report_input_error
+from utils import (InputError, atomic_write, check_output_folder, non_negative_int, positive_float, positive_int,
+                   report_input_error)
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
 DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
@@ -466,6 +467,7 @@ def main(argv=None):
 def generate(p, args):
     if args.source_dir and args.dataset == "both":
         p.error("--source_dir holds one dataset's classes: use --dataset cifar or caltech")
+    check_output_folder(args.data_root, "--data_root")
     cfg = dataclasses.replace(LIGHT[args.light])
     if args.rate is not None:
         cfg.rate = args.rate

@@ -40,8 +40,8 @@ from tqdm import tqdm
 from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, dat_frame_bytes, dat_frame_count, load_npz,
                      numeric_sort_key, unpack_dat_frames, voxelize)
 from models import SpikingLRN, load_checkpoint, model_from_checkpoint, model_name, to_image
-from utils import (InputError, atomic_write, non_negative_int, pick_device, positive_float, positive_int,
-                   report_input_error, tfi, tfp)
+from utils import (InputError, atomic_write, check_output_folder, non_negative_int, pick_device, positive_float,
+                   positive_int, report_input_error, tfi, tfp)
 
 WINDOW = UHSR_FRAMES    # spike frames behind one output frame: the networks' training window
 VIDEO_QUALITY = 7       # imageio-ffmpeg's 0-10 scale; 7 is libx264 -crf 15, near lossless
@@ -361,6 +361,8 @@ def frame_range(args, stream):
 
 def run(args):
     kind = output_kind(args.output)
+    check_output_folder(args.output if kind == "folder" else os.path.dirname(os.path.abspath(args.output)),
+                        "--output", args.output)
     ckpt = load_checkpoint(args.checkpoint)
     device = pick_device(args.device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device).eval()

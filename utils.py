@@ -199,21 +199,23 @@ def pick_device(name="auto"):
     return device
 
 
-def check_output_folder(path, flag):
+def check_output_folder(path, flag, value=None):
     """Before any long work: `path` is a folder that exists or can be created, and files can be
-    written in it; else an InputError naming `flag`. Creates nothing (a refused run leaves no
-    empty folders): it tries a temporary file in the deepest folder of `path` that exists."""
+    written in it; else an InputError naming `flag` and its `value` (default: path). Creates
+    nothing (a refused run leaves no empty folders): it tries a temporary file in the deepest
+    folder of `path` that exists."""
     existing = os.path.abspath(path)
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
+    named = f"{flag} {path if value is None else value}"
     if not os.path.isdir(existing):
-        what = "is a file" if existing == os.path.abspath(path) else f"lies under the file {existing}"
-        raise InputError(f"{flag} {path}: {what}, not a folder")
+        what = "is a file" if existing == os.path.abspath(path) and value is None else f"{existing} is a file"
+        raise InputError(f"{named}: {what}, not a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise InputError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+        raise InputError(f"{named}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -167,6 +167,25 @@ def test_test_script_refuses_an_output_dir_it_cannot_write(tiny_run, capsys):
     one_line_error(capsys, "--output_dir", READ_ONLY)
 
 
+@pytest.mark.parametrize("script", ["generate_synthetic_data", "fetch_data", "reconstruct_file", "reconstruct_folder"])
+@pytest.mark.parametrize("where", ["read_only", "under_file"])
+def test_other_scripts_refuse_output_folders_they_cannot_write(tiny_run, tmp_path, capsys, script, where):
+    import fetch_data
+    import generate_synthetic_data
+    root = READ_ONLY if where == "read_only" else str(_file(tmp_path) / "out")
+    flag, value = ("--output", f"{root}/o.npy" if script == "reconstruct_file" else root) \
+        if script.startswith("reconstruct") else ("--data_root", root)
+    main, argv = {
+        "generate_synthetic_data": (generate_synthetic_data.main, ["--num_train", "1", "--num_test", "1", "--frame_size",
+                                                                   "64", "--workers", "1", "--data_root", root]),
+        "fetch_data": (fetch_data.main, ["--download_file", str(tmp_path / "a.zip"), "--data_root", root]),
+        "reconstruct_file": (reconstruct.main, ["--checkpoint", tiny_run["ckpt"], "--input", "x.dat", "--output", value]),
+        "reconstruct_folder": (reconstruct.main, ["--checkpoint", tiny_run["ckpt"], "--input", "x.dat", "--output", value]),
+    }[script]
+    assert main(argv) == 2
+    one_line_error(capsys, flag, value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Streams
 
