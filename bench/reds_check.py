@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset import UHSR_FRAMES                                      # noqa: E402
 from evaluate import LINEAR, LINEAR_LABEL, load_stream_pair, score_stream   # noqa: E402
 from models import load_checkpoint, model_from_checkpoint             # noqa: E402
 from utils import InputError, positive_float, positive_int, report_input_error   # noqa: E402
@@ -43,6 +44,7 @@ def main(argv=None):
     p.add_argument("--rate", type=positive_float, default=0.6, help="photo-electric rate (REDS_BASE: 0.6)")
     p.add_argument("--tfp_window", type=positive_int, default=41)
     args = p.parse_args(argv)
+    args.tfp_window = min(args.tfp_window, UHSR_FRAMES)   # the window TFP can average, as labelled below
     try:
         pairs = load_pairs(args.pairs, args.height, args.width)
         models = {path: load_checkpoint(path) for path in args.checkpoint}
@@ -63,7 +65,7 @@ def main(argv=None):
         for label, s in labels:
             rows.setdefault(label, []).append((s["psnr"], s["ssim"]))
     names = [n for n, _, _ in pairs]
-    print(f"# {args.pairs}: centre 200 frames, full {args.height}x{args.width} frame")
+    print(f"# {args.pairs}: centre {UHSR_FRAMES} frames, full {args.height}x{args.width} frame")
     print("| method | " + " | ".join(f"{n} PSNR dB / SSIM" for n in names) + " | mean PSNR dB |")
     print("|---" * (len(names) + 2) + "|")
     best_baseline = max(np.mean([r[0] for r in rows[label]]) for label in baselines.values())
