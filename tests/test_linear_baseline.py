@@ -85,3 +85,24 @@ def test_evaluate_dat_reports_the_linear_filter_row(tiny_run, tmp_path, capsys):
     assert f"| {evaluate.LINEAR_LABEL} |" in capsys.readouterr().out
     metrics = json.loads(results.read_text())["runs"][0]["metrics"]
     assert set(metrics) == {"snn", "linear", "tfp", "tfi"} and "psnr" in metrics["linear"]
+
+
+def test_reds_check_scores_pairs_with_the_linear_filter_row(tiny_run, tmp_path, capsys):
+    import importlib.util
+    import os
+    from PIL import Image
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("reds_check", os.path.join(root, "bench", "reds_check.py"))
+    reds_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reds_check)
+    for seed in (1, 2):
+        spk, gt = ramp_stream(220, 48, 64, seed=seed)
+        write_dat(str(tmp_path / f"p{seed}.dat"), spk)
+        Image.fromarray((gt[0, 0].numpy() * 255).astype(np.uint8)).save(tmp_path / f"p{seed}.png")
+    assert reds_check.main(["--pairs", str(tmp_path), "--height", "48", "--width", "64",
+                            "--checkpoint", tiny_run["ckpt"]]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]   # below the header
+    labels = [row.split(" | ")[0][2:] for row in rows]
+    assert labels == ["TFP (41 frames / 0.6)", "TFI (/ 0.6)", tiny_run["ckpt"],
+                      f"{tiny_run['ckpt']}: {evaluate.LINEAR_LABEL}"]
+    assert all(len(row.split(" | ")) == 4 for row in rows)     # method, two pairs, mean
