@@ -94,7 +94,7 @@ class ResultsFileError(InputError):
             advice = (f"The file was left untouched; move it aside (e.g. mv {path} {path}.bak) to start a "
                       f"new one, or repair it by hand.")
         else:   # a folder, a device such as /dev/null, a pipe, or a path not there yet
-            advice = "Pass a results file (--results_file FILE.json; it is created if missing)."
+            advice = "Choose another --results_file (a JSON file in a writable folder; created if missing)."
         super().__init__(f"{path}: {problem}. {advice}")
 
 

@@ -141,9 +141,10 @@ def get_args(argv=None):
     if (args.recon_target == "teacher") != (args.teacher is not None):
         p.error("--recon_target teacher and --teacher PATH go together")
     if args.encoding == "temporal" and UHSR_FRAMES % (UHSR_BINS * args.time_steps):
+        fits = [t for t in range(1, UHSR_FRAMES // UHSR_BINS + 1) if UHSR_FRAMES % (UHSR_BINS * t) == 0]
         p.error(f"--encoding temporal --time_steps {args.time_steps}: each step takes its own {UHSR_BINS}-bin "
                 f"slice of the {UHSR_FRAMES}-frame window, so {UHSR_BINS} x T must divide {UHSR_FRAMES} "
-                f"(T = {', '.join(str(t) for t in range(1, UHSR_FRAMES // UHSR_BINS + 1) if UHSR_FRAMES % (UHSR_BINS * t) == 0)})")
+                f"(T = {', '.join(map(str, fits))})")
     if args.simulate_from and not os.path.isdir(args.simulate_from):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
     args.explicit = typed_options(p, argv)
