@@ -40,8 +40,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset import CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item
-from utils import (InputError, atomic_write, atomic_write_json, non_negative_int, positive_float, positive_int,
-                   report_input_error)
+from utils import (InputError, atomic_write, atomic_write_json, check_output_folder, non_negative_int, positive_float,
+                   positive_int, report_input_error)
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
 DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
@@ -760,6 +760,7 @@ def main(argv=None):
 def generate(p, args):
     if args.source_dir and args.dataset == "both":
         p.error("--source_dir holds one dataset's classes: use --dataset cifar or caltech")
+    check_output_folder(args.data_root, "--data_root")
     cfg = dataclasses.replace(LIGHT[args.light])
     if args.rate is not None:
         cfg.rate = args.rate

@@ -41,11 +41,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, load_npz, numeric_sort_key,
-                     voxelize_on_device)
+from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, dat_frame_bytes, dat_frame_count, load_npz,
+                     numeric_sort_key, unpack_dat_frames, voxelize)
 from models import SpikingLRN, load_checkpoint, model_from_checkpoint, model_name, to_image
-from utils import (InputError, atomic_output, atomic_write, non_negative_int, pick_device, positive_float,
-                   positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
+from utils import (InputError, atomic_output, atomic_write, check_output_folder, non_negative_int, pick_device,
+                   positive_float, positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
 
 WINDOW = UHSR_FRAMES    # spike frames behind one output frame: the networks' training window
 VIDEO_CRF = 15          # libx264 quality (0 lossless - 51): 15 is near lossless
@@ -95,17 +95,6 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Streams: whole frames on demand, unpacked on the device
 
-def unpack_dat_frames(packed, height, width):
-    """Packed Vidar frames uint8 [n, H*W/8] -> spikes uint8 [n, H, W'] on packed's device.
-
-    The layout of dataset.read_dat: pixel p = row*W + col of the vertically flipped frame, in
-    byte p>>3 at bit p&7, least significant bit first; width 416 drops the 16 extra columns."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1                      # [n, H*W/8, 8]
-    spk = bits.view(-1, height, width).flip(1)                       # first stored row = bottom
-    return spk[:, :, :400] if width == 416 else spk
-
-
 class Stream:
     """Spike frames on demand: read(start, stop, device) -> uint8 [n, H, W], the centre
     crop x crop pixels once `crop` is set."""
@@ -126,18 +115,12 @@ class DatStream(Stream):
     A file that ends in a partial frame contributes its whole frames; `problems` says so."""
 
     def __init__(self, paths, height, width):
-        if (height * width) % 8:
-            raise InputError(f"--height x --width = {height * width} is not a multiple of 8 "
-                             f"(a .dat frame is a whole number of bytes)")
         self.height, self.width = height, width
         self.full_shape = (height, 400 if width == 416 else width)
-        self.frame_bytes = height * width // 8
+        self.frame_bytes = dat_frame_bytes(height, width)
         self.parts, self.problems, self.num_frames = [], [], 0     # parts: (path, first, count)
         for path in paths:
-            size = os.path.getsize(path)
-            count, extra = divmod(size, self.frame_bytes)
-            if size == 0:
-                raise SpikeDataError(f"{path}: empty file")
+            count, extra = dat_frame_count(path, height, width)
             if extra:
                 self.problems.append(
                     f"{path}: ends in a partial frame ({extra} of {self.frame_bytes} bytes) after "
@@ -215,7 +198,7 @@ def sliding_frames(model, stream, first, num_out, stride, batch, device, autocas
     """Every window on its own, `batch` windows per call."""
     starts = [first + j * stride for j in range(num_out)]
     for i in range(0, num_out, batch):
-        voxel = voxelize_on_device(read_windows(stream, starts[i:i + batch], device), model.input_channels)
+        voxel = voxelize(read_windows(stream, starts[i:i + batch], device), model.input_channels, dim=1)
         with torch.inference_mode(), autocast():
             images = to_image(model(voxel).float())
         yield from images[:, 0]
@@ -238,7 +221,7 @@ def stateful_frames(model, stream, first, num_out, stride, reset_every, batch, d
             state = model.init_state(1, h, w, device=device)
         k = min(batch, num_steps - s, reset_period - s % reset_period)   # a restart opens a chunk
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
-        voxel = voxelize_on_device(frames.reshape(k, step_frames, h, w), model.in_bins)
+        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)
         with torch.inference_mode(), autocast():
             readouts, state = model.steps(voxel[:, None], state)     # [k, 1, 1, H, W]
         for t in range(s, s + k):
@@ -396,6 +379,8 @@ def frame_range(args, stream):
 
 def run(args):
     kind = output_kind(args.output)
+    check_output_folder(args.output if kind == "folder" else os.path.dirname(os.path.abspath(args.output)),
+                        "--output", args.output)
     check_output(args.output, kind, args.overwrite)
     ckpt = load_checkpoint(args.checkpoint)
     device = pick_device(args.device)

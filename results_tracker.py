@@ -10,7 +10,8 @@ File (default ./experiment_results.json): {"format": "spikeclip-snn-results", "v
 "runs": [record, ...]}. A bare JSON list of records (what the seed wrote) is read as version 0
 and rewritten in the current format on the next append. Appends are atomic and locked, so
 several processes can append at once; a file that cannot be read is reported and never
-overwritten.
+overwritten. Records the listing cannot place (no known kind, a dataset that is not text) are
+named on stderr and left out.
 
 A record, as the scripts write it (readers cope with any field missing):
   id, timestamp (UTC ISO 8601)   added by append_record
@@ -27,8 +28,9 @@ A record, as the scripts write it (readers cope with any field missing):
                                  (checkpoint_best.pth), "best_stage" that selected it,
                                  "best_epoch" (epochs of that stage done),
                                  "hq_bank": str, "world_size": int}
-  kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M}, M holding top1,
-                                 top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
+  kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M, and for a network
+                                 with a linear skip "linear": M, that fitted filter alone}, M
+                                 holding top1, top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
                                  num_samples, iqa_variant, input_size, firing_rates, device
   kind "benchmark" (test.py):    benchmark = {"device", "latency_ms": {"median", "p90", "p99",
                                  ...}, "throughput": {"<batch>": images/s},
@@ -92,8 +94,12 @@ class ResultsFileError(InputError):
     """The results file exists but cannot be used; it has been left exactly as it was."""
 
     def __init__(self, path, problem):
-        super().__init__(f"{path}: {problem}. The file was left untouched; move it aside "
-                         f"(e.g. mv {path} {path}.bak) to start a new one, or repair it by hand.")
+        if os.path.isfile(path):
+            advice = (f"The file was left untouched; move it aside (e.g. mv {path} {path}.bak) to start a "
+                      f"new one, or repair it by hand.")
+        else:   # a folder, a device such as /dev/null, a pipe, or a path not there yet
+            advice = "Choose another --results_file (a JSON file in a writable folder; created if missing)."
+        super().__init__(f"{path}: {problem}. {advice}")
 
 
 # --------------------------------------------------------------------------- reading / writing
@@ -101,6 +107,8 @@ class ResultsFileError(InputError):
 def load_records(path=RESULTS_FILE):
     """All records in `path`, oldest first; [] when there is no file yet. No lock: writers
     replace the file atomically, so a reader sees a whole old file or a whole new one."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ResultsFileError(path, "not a regular file")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -224,14 +232,28 @@ def clip_status(row):
 
 def merge_runs(records):
     """One row per (run_name, dataset), from its latest record of each kind, in order of first
-    appearance; records whose kind is unknown are skipped."""
+    appearance; records that cannot be placed (left_out() says which and why) are skipped."""
     groups = {}
     for rec in records:
-        kind = _kind(rec)
-        if kind is not None:
+        if _why_left_out(rec) is None:
             key = (str(rec.get("run_name") or "(unnamed)"), rec.get("dataset"))
-            groups.setdefault(key, {})[kind] = rec      # later records replace earlier ones
+            groups.setdefault(key, {})[_kind(rec)] = rec      # later records replace earlier ones
     return [_row(name, dataset, latest) for (name, dataset), latest in groups.items()]
+
+
+def _why_left_out(rec):
+    if _kind(rec) is None:
+        return f"no known kind (\"kind\" is none of {', '.join(KINDS)}, and no payload tells it)"
+    dataset = rec.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        return f"\"dataset\" is a {type(dataset).__name__}, not text"
+    return None
+
+
+def left_out(records):
+    """A line for each record merge_runs() skips: record number, run name, why."""
+    return [f"record {i + 1} (run {str(rec.get('run_name') or '(unnamed)')!r}): {why}"
+            for i, rec in enumerate(records) for why in [_why_left_out(rec)] if why]
 
 
 def _row(name, dataset, latest):
@@ -426,9 +448,12 @@ def main(argv=None):
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     args = p.parse_args(argv)
     try:
-        rows = merge_runs(load_records(args.file))
+        records = load_records(args.file)
     except InputError as e:
         return report_input_error(e)
+    rows = merge_runs(records)
+    for line in left_out(records):   # on stderr: stdout stays parseable
+        print(f"note: {args.file}: {line}; left out", file=sys.stderr)
     if args.dataset is not None:
         wanted = DATASET_DIRS.get(args.dataset.lower(), args.dataset)
         rows = [r for r in rows if r["dataset"] == wanted]

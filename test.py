@@ -27,14 +27,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset, one_dataset,
-                     voxelize_on_device)
+                     voxelize)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from generate_synthetic_data import baseline_convention, procedural_streams, read_settings, recorded_rate
 from metrics import ENERGY_MODEL, NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
 from models import load_checkpoint, model_from_checkpoint, model_name, scored_image
 from results_tracker import RESULTS_FILE, append_record, check_results_file
-from utils import (InputError, format_count, non_negative_int, pick_device, positive_float, positive_int,
-                   report_input_error, spike_image)
+from utils import (InputError, check_output_folder, format_count, non_negative_int, pick_device, positive_float,
+                   positive_int, report_input_error, spike_image)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
@@ -303,7 +303,7 @@ def rate_voxels(args, ckpt, data_type, size, bins):
     print(f"  firing rates: no usable data ({why}); measuring them on {RATE_SAMPLES} simulated "
           f"{light}-light streams (the checkpoint's training camera) instead", flush=True)
     spikes = torch.from_numpy(procedural_streams(RATE_SAMPLES, size, light=light))
-    return (voxelize_on_device(spikes, bins),
+    return (voxelize(spikes, bins, dim=1),
             f"{RATE_SAMPLES} simulated {light}-light streams (the checkpoint's training camera) of the "
             f"procedural classes at {size}x{size} (no usable data: {why})")
 
@@ -338,21 +338,21 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
                 _, rates = runner(runner.prepare(rate_in), return_rates=True)
                 rates = [float(r) for r in rates.float().cpu()]
 
-        voxel1 = runner.prepare(voxelize_on_device(spikes[:1], bins))
+        voxel1 = runner.prepare(voxelize(spikes[:1], bins, dim=1))
         spk1 = spikes[:1]
         warm_up_and_announce("latency, batch 1", lambda: runner(voxel1), 2 * runs, THROUGHPUT_WARMUP)
         lat = percentiles(latency_ms(lambda: runner(voxel1), runs, device, WARMUP_RUNS))
-        lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize_on_device(spk1, bins))),
+        lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize(spk1, bins, dim=1))),
                                          runs, device, WARMUP_RUNS))
         throughput, throughput_vox = {}, {}
         for b in batches:
             calls = max(3, math.ceil(runs / b))
-            vox = runner.prepare(voxelize_on_device(spikes[:b], bins))
+            vox = runner.prepare(voxelize(spikes[:b], bins, dim=1))
             spk_b = spikes[:b]
             warm_up_and_announce(f"throughput, batch {b}", lambda: runner(vox), 2 * calls, THROUGHPUT_WARMUP)
             throughput[str(b)] = images_per_second(lambda: runner(vox), b, calls, device)
             throughput_vox[str(b)] = images_per_second(
-                lambda: runner(runner.prepare(voxelize_on_device(spk_b, bins))), b, calls, device)
+                lambda: runner(runner.prepare(voxelize(spk_b, bins, dim=1))), b, calls, device)
             del vox
 
         energy, energy_note = None, "n/a (no NVML: CPU run)"
@@ -363,7 +363,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
                 index = device.index or 0
             print(f"  energy: a sustained run of {args.energy_seconds:.0f} s at batch {max_batch}", flush=True)
             meter = NvmlEnergyMeter(index)
-            vox = runner.prepare(voxelize_on_device(spikes, bins))
+            vox = runner.prepare(voxelize(spikes, bins, dim=1))
             energy, energy_note = meter.measure(
                 lambda: runner(vox), max_batch, seconds=args.energy_seconds,
                 sync=lambda: torch.cuda.synchronize(device))
@@ -474,6 +474,7 @@ def run(args):
           f"{device_name(device)}, dtype {dtype_name}")
 
     if args.num_samples:
+        check_output_folder(args.output_dir, "--output_dir")
         os.makedirs(args.output_dir, exist_ok=True)
         labeller = Labeller(args, ckpt, CLASS_NAMES[data_type], device)
         dataset_panels(args, runner, labeller, arch, data_type, crop, bins)

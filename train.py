@@ -35,14 +35,14 @@ from tqdm import tqdm
 
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
-                     default_cache_path, load_gt, load_label_name, one_dataset)
+                     default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
 from generate_synthetic_data import DEFAULT_LIGHT, LIGHT, SimulatedStreams
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
                     file_sha256, load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
-from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
-                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, remove_stale_temp_files,
-                   report_input_error, seed_everything, unit_interval)
+from utils import (InputError, atomic_torch_save, atomic_write_json, check_output_folder, comparison_grid,
+                   folder_name, non_negative_float, non_negative_int, open_fraction, pick_device, positive_float,
+                   positive_int, remove_stale_temp_files, report_input_error, seed_everything, unit_interval)
 
 STAGES = ("coarse", "prompt", "fine")
 HQ_BANK_SIZE = 512   # images kept as the unpaired high-quality bank
@@ -121,7 +121,7 @@ def build_parser():
     g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
                                      "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
-    g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
+    g.add_argument("--exp_name", type=folder_name, default="default", help="run folder <exp_root>/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
     g.add_argument("--results_file", default=RESULTS_FILE, help="where the run's record is appended")
     g.add_argument("--resume", action="store_true",
@@ -146,6 +146,13 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if (args.recon_target == "teacher") != (args.teacher is not None):
         p.error("--recon_target teacher and --teacher PATH go together")
+    if args.encoding == "temporal" and UHSR_FRAMES % (UHSR_BINS * args.time_steps):
+        fits = [t for t in range(1, UHSR_FRAMES // UHSR_BINS + 1) if UHSR_FRAMES % (UHSR_BINS * t) == 0]
+        p.error(f"--encoding temporal --time_steps {args.time_steps}: each step takes its own {UHSR_BINS}-bin "
+                f"slice of the {UHSR_FRAMES}-frame window, so {UHSR_BINS} x T must divide {UHSR_FRAMES} "
+                f"(T = {', '.join(map(str, fits))})")
+    if args.simulate_from and not os.path.isdir(args.simulate_from):
+        p.error(f"--simulate_from {args.simulate_from}: no such folder")
     args.explicit = typed_options(p, argv)
     args.stage_epochs = None   # a resumed run settles its schedule against the run's own (start_or_resume)
     if not args.resume:
@@ -192,15 +199,16 @@ def requested_epochs(args):
 # Distributed set-up: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK
 
 def setup_distributed(device_name):
+    device = pick_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return pick_device(device_name), 0, 1
+        return device, 0, 1
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"), rank, world
+    if device.type == "cuda":   # one GPU per process: the process's local rank picks it
+        device = pick_device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,18 +325,17 @@ class Teacher:
         self.model = model_from_checkpoint(ckpt, path, backend).to(device).eval().requires_grad_(False)
         self.identity = checkpoint_identity(ckpt, path)
         self.bins = self.model.input_channels
-        # every voxel bins the same 200 frames into equal consecutive bins, so a finer student
-        # voxel sums to the teacher's (T*50 temporal bins -> 50 direct ones); a coarser one cannot
+        # bins of bins are bins (dataset.voxelize): a finer student voxel sums to the teacher's
+        # (T*50 temporal bins -> 50 direct ones); a coarser one cannot
         if student_bins % self.bins:
             raise CheckpointError(f"{path}: the teacher takes a {self.bins}-bin voxel, which the "
                                   f"student's {student_bins}-bin voxel cannot be summed into")
-        self.fold = student_bins // self.bins
 
     @torch.no_grad()
     def __call__(self, voxel):
         """voxel [B, student_bins, H, W] -> the teacher's analog output [B, 1, H, W] (float32)."""
-        if self.fold > 1:
-            voxel = voxel.unflatten(1, (self.bins, self.fold)).sum(2)
+        if voxel.shape[1] != self.bins:
+            voxel = voxelize(voxel, self.bins, dim=1)
         return self.model(voxel).float()
 
 
@@ -445,7 +452,7 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, te
         batch = to_device(batch, device)
         if teacher is not None:
             batch["teacher"] = teacher(batch["voxel"])
-        x = model._step_inputs(batch["voxel"]).mean(0).float()              # [B, 50, H, W]
+        x = model.linear_input(batch["voxel"]).float()                       # [B, 50, H, W]
         patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
         a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 450]
@@ -968,6 +975,8 @@ def main(argv=None):
 def train(args):
     device, rank, world = setup_distributed(args.device)
     folder = RunFolder(args.exp_root, args.exp_name)
+    check_output_folder(args.exp_root, "--exp_root")   # before the work, not after it
+    check_output_folder(folder.root, "--exp_name")
     args, run, progress, clip_model, clip_info = start_or_resume(args, folder, device, rank == 0)
     if progress.stage == len(STAGES):   # a finished run given no more epochs (said above)
         return 0

@@ -22,8 +22,22 @@ class InputError(Exception):
 
 def report_input_error(e):
     """Print an InputError the way every entry point does -> exit status 2."""
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {input_error_message(e)}", file=sys.stderr)
     return 2
+
+
+def input_error_message(e):
+    """The message of an InputError, also of one raised in a DataLoader worker: the loader
+    re-raises it in the main process as the same type with the worker's whole traceback as its
+    message ("Caught SpikeDataError in DataLoader worker process 0." and "Original Traceback"
+    on the next lines); the original message follows the exception's name on its last line."""
+    text = str(e)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    cls = type(e)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    start = text.rfind(f"\n{name}: ")
+    return text[start + len(name) + 3:].strip() if start >= 0 else text.strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,8 +226,35 @@ def pick_device(name="auto"):
     return device
 
 
+def check_output_folder(path, flag, value=None):
+    """Before any long work: `path` is a folder that exists or can be created, and files can be
+    written in it; else an InputError naming `flag` and its `value` (default: path). Creates
+    nothing (a refused run leaves no empty folders): it tries a temporary file in the deepest
+    folder of `path` that exists."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    named = f"{flag} {path if value is None else value}"
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) and value is None else f"{existing} is a file"
+        raise InputError(f"{named}: {what}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(f"{named}: cannot write in {existing} ({e.strerror or e})") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # argparse types: a nonsensical flag value is refused when the command line is parsed
+
+def folder_name(text):
+    """argparse type of --exp_name: one folder name, so that the run stays inside --exp_root."""
+    if text in ("", ".", "..") or "/" in text or os.sep in text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a single folder name (not empty, '.' or '..', "
+                                         f"no '/'): the run's folder is <exp_root>/<exp_name>")
+    return text
+
 
 def _number_type(cast, ok, what):
     def parse(text):
