@@ -16,19 +16,21 @@ LIGHT=${1:?usage: bash weights/train_weights.sh normal|low CALTECH101_DIR}
 SRC=${2:?usage: bash weights/train_weights.sh normal|low CALTECH101_DIR}
 DATA=${DATA:-data/weights-$LIGHT}
 EXP=${EXP:-weights-$LIGHT}
-EPOCHS=${EPOCHS:-7}
+# normal light: 16 epochs, and validation/test streams of 128x128 frames (layered motion at the
+# photos' native resolution; full 250x400 frames would upscale the <=256-px photos)
+if [ "$LIGHT" = normal ]; then EPOCHS=${EPOCHS:-16}; FRAME=(--frame_size 128); else EPOCHS=${EPOCHS:-7}; FRAME=(); fi
 EPOCH_SIZE=${EPOCH_SIZE:-480}
 BATCH=${BATCH:-8}
 CROP=${CROP:-64}
 [ -f venv/.setup-done ] || bash setup.sh
 PY=venv/bin/python
 $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" --light "$LIGHT" \
-    --num_train 1 --num_test 1 --data_root "$DATA"
+    --num_train 1 --num_test 1 --data_root "$DATA" "${FRAME[@]}"
 $PY train.py --dataset caltech --data_root "$DATA" --simulate_from "$SRC" --light "$LIGHT" \
     --exp_name "$EXP" --arch snn --time_steps 4 --encoding direct --linear_skip \
     --crop_size "$CROP" --batch_size "$BATCH" --lr 1e-3 --recon_target gt \
     --epoch_size "$EPOCH_SIZE" --epochs_coarse "$EPOCHS" --epochs_prompt 0 --epochs_fine 0 \
-    --clip_pretrained none $( [ -f "exp/$EXP/ckpts/checkpoint_last.pth" ] && echo --resume )
+    --clip_pretrained none --num_workers 1 $( [ -f "exp/$EXP/ckpts/checkpoint_last.pth" ] && echo --resume )
 $PY -c "import models, sys; models.export_checkpoint(sys.argv[1], sys.argv[2])" \
     "exp/$EXP/ckpts/checkpoint_best.pth" "weights/$LIGHT.pth"
 ls -l "weights/$LIGHT.pth"
