@@ -110,14 +110,20 @@ class _Spike(torch.autograd.Function):
 def _lif_sequence_traceable(current, beta, threshold, surrogate_name):
     """The same recurrence in out-of-place ops, for torch.compile: inductor fuses the whole
     T-step loop of a layer into one kernel (forward and backward)."""
-    mem = torch.zeros_like(current[0])
-    spk = torch.zeros_like(current[0])
+    rest = torch.zeros_like(current[0])
+    return lif_steps(current, rest, rest, beta, threshold, surrogate_name)[0]
+
+
+def lif_steps(current, mem, spk, beta, threshold, surrogate_name="atan"):
+    """LIF neurons over K steps from a carried state (membranes `mem`, last spikes `spk`, each
+    [B, C, H, W]): current [K, B, C, H, W] -> (spikes [K, B, C, H, W], last membranes).
+    Differentiable through the surrogate within the K steps."""
     spikes = []
     for t in range(current.shape[0]):
         mem = beta * mem + current[t] - threshold * spk.detach()    # detached reset, as snnTorch
         spk = _Spike.apply(mem - threshold, surrogate_name)
         spikes.append(spk)
-    return torch.stack(spikes)
+    return torch.stack(spikes), mem
 
 
 def lif_sequence(current, beta, threshold, surrogate_name="atan"):
@@ -125,12 +131,6 @@ def lif_sequence(current, beta, threshold, surrogate_name="atan"):
     if torch.compiler.is_compiling():
         return _lif_sequence_traceable(current, beta, threshold, surrogate_name)
     return _LIFSequence.apply(current, beta, threshold, surrogate_name)
-
-
-def lif_step(current, mem, spk_prev, beta, threshold):
-    """One LIF step without autograd bookkeeping (streaming inference)."""
-    mem = beta * mem + current - threshold * spk_prev
-    return (mem > threshold).to(current.dtype), mem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class SpikingLRN(nn.Module):
             # numbers exactly.
             return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         n = y.shape[0] // steps
-        if bn.track_running_stats and steps == 1 and self.time_steps > 1:
+        if bn.track_running_stats and self.encoding == "direct" and steps == 1 and self.time_steps > 1:
             # direct encoding: the reference normalises the same conv1 output at each of the T
             # steps, so its running statistics move T times with the same batch statistics
             # (T-1 here, the last in batch_norm below; done first because batch_norm's backward
@@ -276,36 +276,36 @@ class SpikingLRN(nn.Module):
         return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype),) * 2
                 for c in self.convs]
 
-    @torch.no_grad()
     def steps(self, x_steps, state):
-        """K time steps in a row (eval mode): x_steps [K, B, 50, H, W] -> (analog frames
+        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (analog frames
         [K, B, 1, H, W], new state).
 
-        Feeding a long stream slice by slice, carrying the state, gives spike-to-video. Layer by
-        layer, as the fast path: each conv runs once on the [K*B] batch (one device call for K
-        steps), then the LIF recurrence walks the K steps from the carried membranes.
+        Feeding a long stream slice by slice, carrying the state, gives spike-to-video
+        (reconstruct.py); in training mode the K steps back-propagate, BN normalising each
+        step's batch on its own as forward() does (train.py --stateful). Layer by layer, as the
+        fast path: each conv runs once on the [K*B] batch (one device call for K steps), then
+        the LIF recurrence walks the K steps from the carried membranes.
         """
-        if self.training:
-            raise RuntimeError("steps() runs the network in eval mode: call model.eval() first")
         k, b = x_steps.shape[:2]
         h, new_state = x_steps.flatten(0, 1), []
         for l, (mem, spk) in enumerate(state):
-            cur = self._conv_bn(l, h, 1)
-            cur = cur.view(k, b, *cur.shape[1:])
-            spikes = torch.empty_like(cur)
-            for t in range(k):
-                spk, mem = lif_step(cur[t], mem, spk, self.beta, self.threshold)
-                spikes[t] = spk
-            new_state.append((mem, spk))
+            cur = self._conv_bn(l, h, k)
+            spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,
+                                    self.surrogate_name)
+            new_state.append((mem, spikes[-1]))
             h = spikes.flatten(0, 1)
         out = self.readout(h)
         if self.skip is not None:
             out = out + self.skip(x_steps.flatten(0, 1))
         return out.view(k, b, *out.shape[1:]), new_state
 
+    @torch.no_grad()
     def step(self, x_t, state):
-        """One time step: x_t [B, 50, H, W] -> (analog frame [B, 1, H, W], new state). With the
-        same voxel at every step it reproduces forward() of direct encoding step by step."""
+        """One time step in eval mode: x_t [B, 50, H, W] -> (analog frame [B, 1, H, W], new
+        state). With the same voxel at every step it reproduces forward() of direct encoding
+        step by step."""
+        if self.training:
+            raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
         out, state = self.steps(x_t[None], state)
         return out[0], state
 
