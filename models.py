@@ -119,8 +119,8 @@ def lif_steps(current, mem, spk, beta, threshold, surrogate_name="atan"):
     [B, C, H, W]): current [K, B, C, H, W] -> (spikes [K, B, C, H, W], last membranes).
     Differentiable through the surrogate within the K steps."""
     spikes = []
-    for t in range(current.shape[0]):
-        mem = beta * mem + current[t] - threshold * spk.detach()    # detached reset, as snnTorch
+    for cur in current.unbind(0):   # one backward node for all steps (indexing makes one per step)
+        mem = beta * mem + cur - threshold * spk.detach()           # detached reset, as snnTorch
         spk = _Spike.apply(mem - threshold, surrogate_name)
         spikes.append(spk)
     return torch.stack(spikes), mem
@@ -236,8 +236,10 @@ class SpikingLRN(nn.Module):
         # native batch_norm per time step: its fused backward is much cheaper than composing
         # mean/var/normalise, and each call updates the running statistics once, as a step of
         # the reference loop does
-        chunks = [F.batch_norm(y[t * n:(t + 1) * n], bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                               True, bn.momentum, bn.eps) for t in range(steps)]
+        # (split, not slicing: one backward node, where each slice's backward fills a zero tensor
+        # of the whole batch)
+        chunks = [F.batch_norm(y_t, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum,
+                               bn.eps) for y_t in y.split(n)]
         out = chunks[0] if steps == 1 else torch.cat(chunks)
         if bn.track_running_stats:
             bn.num_batches_tracked += steps
