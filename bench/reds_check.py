@@ -2,7 +2,9 @@
 Spike-Zoo toolbox), next to TFP and TFI on the same streams: PSNR/SSIM, full frame, the centre
 200 frames (the networks' window), Spike-Zoo's convention TFP over 41 frames / rate 0.6.
 For a network with a linear skip it also scores the linear path alone (the spiking readout
-switched off), which shows what the spiking layers add.
+switched off), which shows what the spiking layers add. A temporal-encoding SNN is also scored as
+reconstruct.py streams it: stateful from the stream's first frame (stride one time step), the
+output frame whose window is the centre one (its membranes carried from the steps before).
 
     python bench/reds_check.py --pairs ../shared/datasets/reds-base-sample \
         --checkpoint weights/normal.pth exp/run/ckpts/checkpoint_best.pth
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reconstruct                                                    # noqa: E402
 from dataset import UHSR_FRAMES, center_window, read_dat, voxelize   # noqa: E402
 from metrics import psnr, ssim                                        # noqa: E402
 from models import load_checkpoint, model_from_checkpoint, to_image   # noqa: E402
@@ -24,7 +27,8 @@ from utils import tfi, tfp                                            # noqa: E4
 
 
 def load_pairs(folder, height, width):
-    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1])] of every .dat with a .png."""
+    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1], the .dat's stream)] of
+    every .dat with a .png."""
     pairs = []
     for dat in sorted(glob.glob(os.path.join(folder, "*.dat"))):
         png = os.path.splitext(dat)[0] + ".png"
@@ -33,14 +37,14 @@ def load_pairs(folder, height, width):
         spk = center_window(read_dat(dat, height, width), UHSR_FRAMES, dat)
         with Image.open(png) as img:
             gt = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
-        pairs.append((os.path.basename(dat), spk, gt))
+        pairs.append((os.path.basename(dat), spk, gt, reconstruct.open_stream(dat, height, width)))
     if not pairs:
         raise SystemExit(f"--pairs {folder}: no .dat with a matching .png")
     return pairs
 
 
 @torch.inference_mode()
-def network_images(path, spk):
+def network_images(path, spk, stream):
     """{label: image [1, 1, H, W]} for a checkpoint (and its linear path alone, if it has one)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).eval()
@@ -48,6 +52,13 @@ def network_images(path, spk):
     images = {path: to_image(model(voxel))}
     if getattr(model, "skip", None) is not None:
         images[f"{path} (linear path only)"] = to_image(model.skip(model._step_inputs(voxel).mean(0)))
+    if reconstruct.is_stateful(model, sliding=False):
+        step = UHSR_FRAMES // model.time_steps
+        centre = (stream.num_frames - UHSR_FRAMES) // 2          # the window center_window takes
+        first = centre % step
+        frames = list(reconstruct.stateful_frames(model, stream, first, (centre - first) // step + 1, step, None,
+                                                  1, "cpu", torch.no_grad))
+        images[f"{path} (stateful from frame {first}, {len(frames) - 1} windows carried)"] = frames[-1][None, None]
     return images
 
 
@@ -62,15 +73,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     pairs = load_pairs(args.pairs, args.height, args.width)
     rows = {}
-    for name, spk, gt in pairs:
+    for name, spk, gt, stream in pairs:
         images = {f"TFP ({args.tfp_window} frames / {args.rate})": torch.from_numpy(tfp(spk, args.tfp_window, args.rate)),
                   f"TFI (/ {args.rate})": torch.from_numpy(tfi(spk, rate=args.rate))}
         images = {k: v.clamp(0, 1)[None, None] for k, v in images.items()}
         for path in args.checkpoint:
-            images.update(network_images(path, spk))
+            images.update(network_images(path, spk, stream))
         for label, img in images.items():
             rows.setdefault(label, []).append((float(psnr(img, gt)[0]), float(ssim(img, gt)[0])))
-    names = [n for n, _, _ in pairs]
+    names = [n for n, *_ in pairs]
     print(f"# {args.pairs}: centre {UHSR_FRAMES} frames, full {args.height}x{args.width} frame")
     print("| method | " + " | ".join(f"{n} PSNR dB / SSIM" for n in names) + " | mean PSNR dB |")
     print("|---" * (len(names) + 2) + "|")
