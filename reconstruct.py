@@ -438,7 +438,7 @@ def run(args):
     seconds = time.perf_counter() - t0
     print(f"{args.output}: {num_out} frame{'s' * (num_out != 1)} of {h}x{w} from spike frames "
           f"[{first}, {first + (num_out - 1) * args.stride + WINDOW}) of {stream.name} "
-          f"({describe(model, stateful)}, stride {args.stride}) in {seconds:.1f} s: "
+          f"({describe(model, stateful)}{restarts(args)}, stride {args.stride}) in {seconds:.1f} s: "
           f"{num_out / seconds:.2f} frames/s, {real_time(num_out, args, seconds):.3g}x real time "
           f"at {args.camera_hz / 1000:g} kHz")
     for problem in stream.problems:
@@ -451,12 +451,16 @@ def real_time(frames_out, args, seconds):
     return frames_out * args.stride / args.camera_hz / max(seconds, 1e-9)
 
 
+def restarts(args):
+    return f", from rest every {args.reset_every} output frames" if args.reset_every else ""
+
+
 def describe(model, stateful):
     cfg = model.config()
     if cfg["arch"] == "ann":
         return f"{model_name(cfg)}, sliding window"     # e.g. the original SpikeCLIP LRN
     return (f"SNN T={cfg['time_steps']} {cfg['encoding']} encoding, "
-            f"{'stateful' if stateful else 'sliding window'}")
+            f"{'stateful: membranes carried from frame to frame' if stateful else 'sliding window'}")
 
 
 def main(argv=None):

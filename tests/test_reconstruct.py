@@ -303,3 +303,18 @@ def test_npz_window_to_png_side_by_side(tmp_path, capsys):
     assert reconstruct.main(args + ["--output", str(tmp_path / "at.png"), "--start", "100",
                                     "--end", "300"]) == 0
     assert "[100, 300)" in capsys.readouterr().out
+
+
+def test_a_temporal_snn_runs_stateful_by_default_and_says_so(stream, tmp_path, capsys):
+    assert run(stream["snn"], stream["dat"], tmp_path / "d.npy", "--end", 600) == 0
+    assert "stateful: membranes carried" in capsys.readouterr().out
+    assert run(stream["snn"], stream["dat"], tmp_path / "r.npy", "--end", 600, "--reset_every", 2) == 0
+    assert "stateful: membranes carried from frame to frame, from rest every 2 output frames" in capsys.readouterr().out
+    assert run(stream["snn"], stream["dat"], tmp_path / "s.npy", "--end", 600, "--sliding") == 0
+    out = capsys.readouterr().out
+    assert "sliding window" in out and "stateful" not in out
+    # a direct-encoding SNN always runs sliding windows
+    torch.manual_seed(0)
+    direct = save_checkpoint(SpikingLRN(time_steps=2, channels=CHANNELS).eval(), tmp_path / "direct.pth")
+    assert run(direct, stream["dat"], tmp_path / "x.npy", "--end", 600) == 0
+    assert "direct encoding, sliding window" in capsys.readouterr().out
