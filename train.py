@@ -9,6 +9,8 @@ The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, w
 has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
 one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN. Validation score: the current stage's own weighted loss on the validation split (lower
 is better); it drives --early_stop and checkpoint_best.pth.
+--stateful K trains stage 1 of a temporal-encoding SNN for streaming: K consecutive windows of
+one simulated recording in a row, the membranes carried as reconstruct.py carries them.
 
     python train.py --dataset cifar --exp_name cifar_snn --epochs 10
     torchrun --nproc_per_node=2 train.py --dataset cifar --exp_name cifar_ddp ...

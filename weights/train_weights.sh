@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Train one of the shipped checkpoints (weights/README.md) from scratch on a CPU:
-#   bash weights/train_weights.sh normal|low CALTECH101_DIR
+#   bash weights/train_weights.sh normal|low|stream CALTECH101_DIR
+# normal, low: direct-encoding SNNs for each light regime; stream: a temporal-encoding SNN for
+# normal light, trained with its state carried through recordings (reconstruct.py runs it
+# stateful: one time step per output frame).
 # CALTECH101_DIR: Caltech-101 images in class folders (CC BY 4.0), e.g. torchvision's
 # 101_ObjectCategories or the 30-per-class subset the shipped weights were trained on.
 # 1. validation and test streams: the first image of every class -> train split (validation
@@ -8,27 +11,33 @@
 # 2. training on streams simulated on the fly from every other image of the folder (a new
 #    capture per item: random window, motion, brightness, noise, flip, rotation), supervised by
 #    the clean frame; CLIP is not used (no pretrained weights offline: its terms are off);
-# 3. the best checkpoint (validation L1) exported without optimizer state to weights/$LIGHT.pth.
-# Sizes for a 2-core CPU (~1.5 h per model); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
+#    stream: each item one recording of WINDOWS consecutive windows, membranes carried;
+# 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
+# Sizes for a 2-core CPU (normal, low: ~35 min each; stream: ~45 min); on a GPU raise
+# EPOCH_SIZE/EPOCHS/BATCH/CROP (and WINDOWS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LIGHT=${1:?usage: bash weights/train_weights.sh normal|low CALTECH101_DIR}
-SRC=${2:?usage: bash weights/train_weights.sh normal|low CALTECH101_DIR}
+USAGE="usage: bash weights/train_weights.sh normal|low|stream CALTECH101_DIR"
+NAME=${1:?$USAGE}
+SRC=${2:?$USAGE}
+case "$NAME" in
+  normal|low) LIGHT=$NAME; NETWORK=(--encoding direct)
+              EPOCHS=${EPOCHS:-7}; EPOCH_SIZE=${EPOCH_SIZE:-480}; BATCH=${BATCH:-8}; CROP=${CROP:-64} ;;
+  stream)     LIGHT=normal; NETWORK=(--encoding temporal --stateful "${WINDOWS:-20}")
+              EPOCHS=${EPOCHS:-4}; EPOCH_SIZE=${EPOCH_SIZE:-240}; BATCH=${BATCH:-4}; CROP=${CROP:-48} ;;
+  *) echo "$USAGE" >&2; exit 2 ;;
+esac
 DATA=${DATA:-data/weights-$LIGHT}
-EXP=${EXP:-weights-$LIGHT}
-EPOCHS=${EPOCHS:-7}
-EPOCH_SIZE=${EPOCH_SIZE:-480}
-BATCH=${BATCH:-8}
-CROP=${CROP:-64}
+EXP=${EXP:-weights-$NAME}
 [ -f venv/.setup-done ] || bash setup.sh
 PY=venv/bin/python
 $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" --light "$LIGHT" \
     --num_train 1 --num_test 1 --data_root "$DATA"
 $PY train.py --dataset caltech --data_root "$DATA" --simulate_from "$SRC" --light "$LIGHT" \
-    --exp_name "$EXP" --arch snn --time_steps 4 --encoding direct --linear_skip \
+    --exp_name "$EXP" --arch snn --time_steps 4 "${NETWORK[@]}" --linear_skip \
     --crop_size "$CROP" --batch_size "$BATCH" --lr 1e-3 --recon_target gt \
     --epoch_size "$EPOCH_SIZE" --epochs_coarse "$EPOCHS" --epochs_prompt 0 --epochs_fine 0 \
     --clip_pretrained none $( [ -f "exp/$EXP/ckpts/checkpoint_last.pth" ] && echo --resume )
 $PY -c "import models, sys; models.export_checkpoint(sys.argv[1], sys.argv[2])" \
-    "exp/$EXP/ckpts/checkpoint_best.pth" "weights/$LIGHT.pth"
-ls -l "weights/$LIGHT.pth"
+    "exp/$EXP/ckpts/checkpoint_best.pth" "weights/$NAME.pth"
+ls -l "weights/$NAME.pth"
