@@ -17,8 +17,9 @@ All streams come from the simulator (generate_synthetic_data.py's camera, normal
    --rss_crop pixels so that the long run fits a CPU budget. The figure is the process's own
    VmHWM (Linux), read as it ends: a child's ru_maxrss would include the RSS of this process,
    which Linux carries into the child's high-water mark across fork and exec.
-3. Temporal stability on a static scene: mean |frame_j+1 - frame_j| of the stateful SNN, the same
-   SNN on sliding windows, and TFP of the same windows (divided by the rate, clipped to [0, 1]);
+3. Temporal stability on a static scene of --stability_crop² pixels: mean |frame_j+1 - frame_j|
+   of the stateful SNN, the same SNN on sliding windows, the direct SNN, and TFP of the same
+   windows (divided by the rate, clipped to [0, 1]);
    brightness drift: the stateful SNN's mean over output frames 1-100 relative to its frame 0
    (from rest, = the image of that window on its own).
 --snn: a temporal-encoding SNN checkpoint (default: a fresh T=4 network with BN statistics from
@@ -69,7 +70,8 @@ def get_args():
                    help="centre pixels the network sees in the memory runs (0: the full frame)")
     p.add_argument("--stability_frames", type=int, default=5200,
                    help="static-scene stream length (5200: 101 output frames at stride 50)")
-    p.add_argument("--stability_crop", type=int, default=64, help="centre pixels of the stability runs")
+    p.add_argument("--stability_crop", type=int, default=64,
+                   help="side of the static scene (a multiple of 8: a .dat frame is whole bytes)")
     p.add_argument("--sections", default="speed,rss,stability", help="which of the three to run")
     a = p.parse_args()
     cuda = a.device.startswith("cuda")
@@ -82,16 +84,17 @@ def get_args():
     return a
 
 
-def simulated_clip(num_frames, moving, seed=0):
-    """uint8 spikes [num_frames, 250, 400]: a procedural image through the camera model."""
+def simulated_clip(num_frames, moving, seed=0, height=H, width=W):
+    """uint8 spikes [num_frames, height, width]: a procedural image through the camera model."""
     rng = np.random.default_rng(seed)
     margin = 8
-    img = procedural_image(7, rng, size=256).resize((W + 2 * margin, H + 2 * margin), Image.BICUBIC)
+    img = procedural_image(7, rng, size=256).resize((width + 2 * margin, height + 2 * margin), Image.BICUBIC)
     canvas = np.asarray(img, dtype=np.float32) / 255.0
     cfg = LIGHT["normal"]
     if not moving:
         cfg = dataclasses.replace(cfg, motion_px=(0.0, 0.0), jitter_px=0.0)
-    spk, _ = simulate_spikes(canvas, num_frames, cfg, make_sensor(cfg, (H, W), seed), rng, (H, W))
+    spk, _ = simulate_spikes(canvas, num_frames, cfg, make_sensor(cfg, (height, width), seed), rng,
+                             (height, width))
     return spk
 
 
@@ -215,7 +218,7 @@ def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
 
 
 def stability(args, snn, direct, dat, device):
-    stream = reconstruct.open_stream(dat, H, W, args.stability_crop)
+    stream = reconstruct.open_stream(dat, args.stability_crop, args.stability_crop)
     num_out = (args.stability_frames - 200) // 50 + 1
     null = contextlib.nullcontext      # fp32 everywhere: the figure is about the dynamics
     snn, direct = snn.to(device).eval(), direct.to(device).eval()
@@ -228,7 +231,7 @@ def stability(args, snn, direct, dat, device):
     results = {name: np.stack([f.cpu().numpy() for f in frames]) for name, frames in outputs.items()}
     results["TFP (200 frames / rate)"] = np.stack([
         np.clip(tfp(stream.read(j * 50, j * 50 + 200, "cpu").numpy(), rate=RATE), 0, 1) for j in range(num_out)])
-    print(f"\n| static scene, {args.stability_frames} frames, centre {args.stability_crop}², {num_out} output frames "
+    print(f"\n| static scene, {args.stability_frames} frames, {args.stability_crop}², {num_out} output frames "
           f"| mean abs frame-to-frame difference | x TFP | mean intensity |\n|---|---|---|---|")
     tfp_flicker = np.abs(np.diff(results["TFP (200 frames / rate)"], axis=0)).mean()
     for name, frames in results.items():
@@ -257,7 +260,8 @@ def main():
         write_dat(clip_dat, moving)
         static_dat = os.path.join(folder, "static.dat")
         if "stability" in args.sections and args.snn:
-            write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1))
+            write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1,
+                                                 height=args.stability_crop, width=args.stability_crop))
         print(f"simulated the streams in {time.perf_counter() - t0:.0f} s", flush=True)
         snn = load(args.snn) if args.snn else fresh_snn(moving)
         torch.manual_seed(0)
