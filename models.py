@@ -4,12 +4,13 @@ and the plain-CNN LRN of the original SpikeCLIP for comparison.
 Spiking LRN, per time step t (membranes carried from step to step):
     conv3x3(50->64)+BN -> LIF -> conv(64->128)+BN -> LIF -> conv(128->64)+BN -> LIF
     -> conv(64->16)+BN -> LIF -> conv(16->1)  analog readout;   image = mean_t readout_t
-Optional linear skip (--linear_skip): a conv3x3(50->1) of the step's input added to each step's
-readout, so the network learns a linear spatio-temporal filter of the spikes (TFP is one such
-filter: the mean of the centre bins / rate) and the spiking layers learn what that filter cannot
-do (edges under motion, noise); the readout then starts at zero, so training starts from the
-linear image (train.py fits the skip by least squares and keeps it fixed). Without it the
-spiking path must also learn the overall intensity scale.
+Optional linear skip (--linear_skip): a conv3x3 of the whole input voxel (50 bins, or T*50 for
+temporal encoding) to 1 channel added to the image, so the network learns a linear
+spatio-temporal filter of the window's spikes (TFP is one such filter: the mean of the centre
+bins / rate) and the spiking layers learn what that filter cannot do (edges under motion,
+noise); the readout then starts at zero, so training starts from the linear image (train.py fits
+the skip by least squares and keeps it fixed). Without it the spiking path must also learn the
+overall intensity scale.
 LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
     mem_t = beta * mem_{t-1} + I_t - theta * H(mem_{t-1} - theta)      (the reset is detached)
     spk_t = H(mem_t - theta)            backward: a surrogate derivative of H
@@ -158,7 +159,7 @@ class SpikingLRN(nn.Module):
                                    for i in range(len(channels)))
         self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
         self.readout = nn.Conv2d(channels[-1], 1, 3, padding=1)
-        self.skip = nn.Conv2d(in_bins, 1, 3, padding=1) if linear_skip else None
+        self.skip = nn.Conv2d(self.input_channels, 1, 3, padding=1) if linear_skip else None
         if linear_skip:   # start from the linear image; the spiking path learns the correction
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
@@ -195,8 +196,7 @@ class SpikingLRN(nn.Module):
         else:
             image, rates = self._forward_fast(x)
         if self.skip is not None:
-            # mean_t skip(x_t) = skip(mean_t x_t): one conv on the mean step input
-            image = image + self.skip(self._step_inputs(x).mean(0))
+            image = image + self.skip(x)
         return (image, rates) if return_rates else image
 
     # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
@@ -279,8 +279,8 @@ class SpikingLRN(nn.Module):
                 for c in self.convs]
 
     def steps(self, x_steps, state):
-        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (analog frames
-        [K, B, 1, H, W], new state).
+        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (spiking
+        readouts [K, B, 1, H, W], new state); window_image() makes a window's image of them.
 
         Feeding a long stream slice by slice, carrying the state, gives spike-to-video
         (reconstruct.py); in training mode the K steps back-propagate, BN normalising each
@@ -297,15 +297,20 @@ class SpikingLRN(nn.Module):
             new_state.append((mem, spikes[-1]))
             h = spikes.flatten(0, 1)
         out = self.readout(h)
-        if self.skip is not None:
-            out = out + self.skip(x_steps.flatten(0, 1))
         return out.view(k, b, *out.shape[1:]), new_state
+
+    def window_image(self, readouts, voxel):
+        """The image of a window from the spiking readouts [T, B, 1, H, W] of its T steps
+        (steps()) and its voxel [B, C, H, W] (the linear skip's input): what forward() computes
+        from zero membranes, and the output frame of a stream with the state carried."""
+        image = readouts.mean(0)
+        return image if self.skip is None else image + self.skip(voxel)
 
     @torch.no_grad()
     def step(self, x_t, state):
-        """One time step in eval mode: x_t [B, 50, H, W] -> (analog frame [B, 1, H, W], new
-        state). With the same voxel at every step it reproduces forward() of direct encoding
-        step by step."""
+        """One time step in eval mode: x_t [B, 50, H, W] -> (spiking readout [B, 1, H, W], new
+        state). With the same voxel at every step, window_image() of the T readouts is forward()
+        of direct encoding."""
         if self.training:
             raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
         out, state = self.steps(x_t[None], state)

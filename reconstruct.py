@@ -237,7 +237,7 @@ def carried_frames(model, stream, first, num_out, stride, batch, device, autocas
     num_steps = (num_out - 1) * steps_per_out + steps_per_window
     h, w = stream.frame_shape
     state = model.init_state(1, h, w, device=device)
-    recent = collections.deque(maxlen=steps_per_window)        # readouts of the last T steps
+    recent = collections.deque(maxlen=steps_per_window)        # (readout, voxel) of the last T steps
     for s in range(0, num_steps, batch):
         k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
@@ -245,9 +245,12 @@ def carried_frames(model, stream, first, num_out, stride, batch, device, autocas
         with torch.inference_mode(), autocast():
             readouts, state = model.steps(voxel[:, None], state)     # [k, 1, 1, H, W]
         for t in range(s, s + k):
-            recent.append(readouts[t - s, 0, 0].float())
+            recent.append((readouts[t - s].float(), voxel[t - s]))
             if t + 1 >= steps_per_window and (t + 1 - steps_per_window) % steps_per_out == 0:
-                yield to_image(torch.stack(tuple(recent)).mean(0))
+                window_readouts, window_voxel = zip(*recent)
+                with torch.inference_mode(), autocast():
+                    image = model.window_image(torch.stack(window_readouts), torch.cat(window_voxel)[None])
+                yield to_image(image[0, 0].float())
 
 
 def is_stateful(model, sliding):

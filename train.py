@@ -431,8 +431,8 @@ FIT_BATCHES = 8
 
 @torch.no_grad()
 def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, teacher=None):
-    """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the mean
-    step input, plus bias) against the reconstruction target on FIT_BATCHES training batches.
+    """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the input
+    voxel, plus bias) against the reconstruction target on FIT_BATCHES training batches.
     Training then starts from the best linear image (TFP is one linear image; the fitted one
     also picks the window and a sharpening kernel) instead of spending epochs finding its scale.
     Returns the fit's RMSE. Runs before DDP wraps the model, which then broadcasts rank 0's fit."""
@@ -441,7 +441,7 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, te
         batch = to_device(batch, device)
         if teacher is not None:
             batch["teacher"] = teacher(batch["voxel"])
-        x = model._step_inputs(batch["voxel"]).mean(0).float()              # [B, 50, H, W]
+        x = batch["voxel"].float()                                            # [B, C, H, W]
         patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
         a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 450]
@@ -806,14 +806,20 @@ class SimulatedRecordings(torch.utils.data.Dataset):
 
 def carried_window_frames(model, x_steps, state, kept):
     """reconstruct.py's stateful output frames over a chunk of steps x_steps [K, B, bins, S, S]
-    from `state`; kept: the readouts [n, B, 1, S, S] of the n <= T-1 steps before the chunk since
-    rest. -> (frames [m, B, 1, S, S], the mean readout of every T consecutive steps that end in the
-    chunk (frames[0]'s window starts n steps before it); the new state; the readouts to keep)."""
+    from `state`; kept: (readouts [n, B, 1, S, S], step inputs [n, B, bins, S, S]) of the
+    n <= T-1 steps before the chunk since rest. -> (frames [m, B, 1, S, S], the image of every
+    window of T consecutive steps that ends in the chunk (frames[0]'s window starts n steps before
+    it); the new state; what to keep for the next chunk)."""
     readouts, state = model.steps(x_steps, state)
-    seq, t = torch.cat([kept, readouts]), model.time_steps
-    m = max(len(seq) - t + 1, 0)
-    frames = sum(seq[i:i + m] for i in range(t)) / t
-    return frames, state, seq[max(len(seq) - t + 1, 0):]
+    seq, inputs, t = torch.cat([kept[0], readouts]), torch.cat([kept[1], x_steps]), model.time_steps
+    keep = len(seq) - min(len(seq), t - 1)
+    m = len(seq) - t + 1
+    if m <= 0:
+        return seq[:0], state, (seq, inputs)
+    windows = torch.stack([seq[i:i + t] for i in range(m)], 1).flatten(1, 2)     # [T, m*B, 1, S, S]
+    voxels = torch.stack([inputs[i:i + t] for i in range(m)]).transpose(1, 2)    # [m, B, T, bins, S, S]
+    frames = model.window_image(windows, voxels.flatten(0, 1).flatten(1, 2))
+    return frames.view(m, *seq.shape[1:]), state, (seq[keep:], inputs[keep:])
 
 
 def stateful_step(s, batch, optimizer):
@@ -827,11 +833,13 @@ def stateful_step(s, batch, optimizer):
     losses = []
     for c in range(0, len(x), STATEFUL_CHUNK):
         if c == 0 or float(torch.rand(())) < STATEFUL_RESTART:
-            state, kept = model.init_state(b, h, w, device=voxel.device), x.new_zeros(0, b, 1, h, w)
-        first = c - len(kept)                                       # window (start step) of frames[0]
+            state = model.init_state(b, h, w, device=voxel.device)
+            kept = (x.new_zeros(0, b, 1, h, w), x[:0])
+        first = c - len(kept[0])                                    # window (start step) of frames[0]
         with s.autocast():
             frames, state, kept = carried_window_frames(model, x[c:c + STATEFUL_CHUNK], state, kept)
-        state, kept = [(mem.detach(), spk.detach()) for mem, spk in state], kept.detach()
+        state = [(mem.detach(), spk.detach()) for mem, spk in state]
+        kept = (kept[0].detach(), kept[1])
         if len(frames):
             l1 = F.l1_loss(frames.float(), gt[:, first:first + len(frames)].transpose(0, 1))
             optimize(s, optimizer, s.args.recon_weight * l1)

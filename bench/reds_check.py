@@ -51,7 +51,7 @@ def network_images(path, spk, stream):
     voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None]
     images = {path: to_image(model(voxel))}
     if getattr(model, "skip", None) is not None:
-        images[f"{path} (linear path only)"] = to_image(model.skip(model._step_inputs(voxel).mean(0)))
+        images[f"{path} (linear path only)"] = to_image(model.skip(voxel))
     if reconstruct.is_stateful(model, sliding=False):
         step = UHSR_FRAMES // model.time_steps
         centre = (stream.num_frames - UHSR_FRAMES) // 2          # the window center_window takes

@@ -71,7 +71,7 @@ def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
                                                           torch.no_grad)))
 
     x = torch.from_numpy(spk).float().reshape(20, 1, 50, H, W)       # [steps, B=1, bins, H, W]
-    state, kept, got = model.init_state(1, H, W), torch.zeros(0, 1, 1, H, W), []
+    state, kept, got = model.init_state(1, H, W), (torch.zeros(0, 1, 1, H, W), x[:0]), []
     with torch.no_grad():
         for c in range(0, 20, 3):
             frames, state, kept = train.carried_window_frames(model, x[c:c + 3], state, kept)
@@ -80,6 +80,9 @@ def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
     assert got.shape == want.shape == (num_out, H, W)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert (want[1:] - want[:-1]).abs().mean() > 1e-3                  # the scene moves: frames differ
+    with torch.no_grad():                                              # frame 0, from rest: forward()
+        first = model(torch.from_numpy(spk[None, :200]).float())[0, 0].clamp(0, 1)
+    torch.testing.assert_close(want[0], first, atol=1e-5, rtol=0)
 
 
 def test_recordings_ask_for_the_clean_frame_at_each_windows_centre(photos, monkeypatch):
