@@ -3,10 +3,17 @@
 Camera model, per pixel p and frame t (threshold units, theta ~ 1):
     acc_p += rate * I_p(t) * (shot noise) + dark_p           integrate-and-fire
     if acc_p >= theta_p (+ jitter):  spike, acc_p -= theta_p
-I_p(t) is the grey image in [0,1] translated along a straight path across the T frames (the
-UHSR captures show images drifting 5-6 px on a screen). The accumulator starts uniform in
-[0, theta). Fixed-pattern noise (threshold variation, dark current, hot pixels) belongs to the
-sensor, so it is drawn once per dataset from the seed and shared by every sample.
+I_p(t) is the scene in [0,1] at frame t. Two motion models:
+- low light (UHSR): one photograph fills the frame and drifts along a straight path (the UHSR
+  captures show images drifting 5-6 px on a screen) -- simulate_spikes();
+- normal light (video-like, REDS): layers -- a background photograph that pans, rotates and
+  zooms, and 0-3 photo cut-outs (random soft-edged shapes) moving over it on their own paths, at
+  their own speeds, rotating, zooming and occluding each other -- simulate_layered_spikes().
+  Photos are used at (or below) their native resolution, never upscaled: upscaled photos are
+  2-3x smoother than real video frames and teach a network to blur.
+The accumulator starts uniform in [0, theta). Fixed-pattern noise (threshold variation, dark
+current, hot pixels) belongs to the sensor: one sensor per split (train/val/test), drawn from
+the seed and the split, shared by every sample of that split.
 
 Output: `<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` with `spk` uint8 [T,250,250],
 `label` int64, `label_name` (the source file, as in UHSR) and `gt` uint8 [250,250], the clean
@@ -23,11 +30,11 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import (CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item,
-                     random_view)
+from dataset import CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item
 from utils import InputError, atomic_write, non_negative_int, positive_float, positive_int, report_input_error
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
@@ -48,6 +55,12 @@ class CameraConfig:
     jitter_px: float = 0.1              # per-frame positional jitter (std, px)
     frame_hw: tuple = (FRAME_SIZE, FRAME_SIZE)   # sensor size (UHSR 250x250, Vidar 250x400)
     brightness: tuple = (1.0, 1.0)      # each scene's intensity is scaled by U(lo, hi)
+    # layered (video-like) motion; layers=None: the rigid drift of motion_px above
+    layers: tuple = None                # number of moving cut-outs, uniform integer in [lo, hi]
+    layer_px: tuple = (0.0, 0.0)        # a cut-out's displacement over 200 frames, uniform
+    rotation_deg: float = 0.0           # largest rotation over 200 frames (background: a quarter)
+    zoom: float = 0.0                   # largest relative scale change over 200 frames (bg: half)
+    photo_scale: tuple = (0.5, 1.0)     # photos resampled by U(lo, hi) of their native size
 
 
 LIGHT = {
@@ -56,8 +69,13 @@ LIGHT = {
     # match this camera's, tests/test_simulator.py). Motion: REDS video moves ~20-30 px over the
     # 200 frames a network sees (measured on the shared REDS pair), so drift up to 30 px. Scenes:
     # the REDS ground truths average 0.29-0.35 grey, photos ~0.5, so photos are dimmed by U(0.5, 1).
-    "normal": CameraConfig(rate=0.6, photons_per_threshold=1000.0, motion_px=(0.0, 30.0),
-                           frame_hw=(250, 400), brightness=(0.5, 1.0)),
+    # Motion (bench/reds_motion.py, block matching of 41-frame TFP images on the shared REDS
+    # streams): the content moves 25-37 px per 200 frames (p10-p90), up to ~70 px, and blocks
+    # depart from the common motion by a median 0-4 px, p90 up to 8 px. So a panning background
+    # (0-48 px) and independently moving cut-outs (0-72 px), which the rigid drift lacked.
+    "normal": CameraConfig(rate=0.6, photons_per_threshold=1000.0, motion_px=(0.0, 48.0),
+                           frame_hw=(250, 400), brightness=(0.5, 1.0), layers=(0, 3),
+                           layer_px=(0.0, 72.0), rotation_deg=20.0, zoom=0.2),
     # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
     "low": CameraConfig(rate=0.065),
 }
@@ -66,9 +84,14 @@ LIGHT = {
 # ----------------------------------------------------------------------------------------------
 # The camera
 
-def make_sensor(cfg, size, seed):
+# One sensor per split: validation and test files must not share the training captures' hot
+# pixels and fixed-pattern noise, or a network could learn the pattern and score it as skill.
+SENSOR_IDS = {"train": 0, "test": 1, "on_the_fly": 2}
+
+
+def make_sensor(cfg, size, seed, split="train"):
     """Fixed-pattern properties of one sensor: per-pixel threshold and dark current [H, W]."""
-    rng = np.random.default_rng([seed, 0x5E750])
+    rng = np.random.default_rng([seed, 0x5E750, SENSOR_IDS[split]])
     threshold = 1.0 + cfg.threshold_std * rng.standard_normal(size)
     threshold = np.clip(threshold, 0.5, 1.5).astype(np.float32)
     dark = cfg.dark_current * (1.0 + cfg.dark_current_spread * rng.standard_normal(size))
@@ -104,12 +127,11 @@ def shot_noise(photo_signal, photons_per_threshold, rng):
 
 
 def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAME_SIZE)):
-    """Run the camera over a moving image.
+    """Run the camera over an image drifting along a straight path (UHSR-like motion).
 
     canvas: float32 [H+2m, W+2m] grey image in [0,1] with a margin m for the motion.
     Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame).
     """
-    threshold, dark = sensor
     margin = min(canvas.shape[0] - size[0], canvas.shape[1] - size[1]) // 2
     # straight drift through the centre of the stream, plus a little jitter
     angle = rng.uniform(0, 2 * np.pi)
@@ -119,11 +141,18 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
     dx = t * length * np.cos(angle) + cfg.jitter_px * rng.standard_normal(num_frames)
     dy = np.clip(dy, -(margin - 1), margin - 1)
     dx = np.clip(dx, -(margin - 1), margin - 1)
+    light = np.stack([translate(canvas, dy[f], dx[f], size) for f in range(num_frames)])
+    spk = camera(light, cfg, sensor, rng)
+    gt = translate(canvas, 0.0, 0.0, size)
+    return spk, to_uint8(gt)
 
-    acc = rng.uniform(0, 1, size).astype(np.float32) * threshold
-    # the light of every frame first (vectorised noise), then the sequential integrate-and-fire
-    signal = np.stack([translate(canvas, dy[f], dx[f], size) for f in range(num_frames)])
-    signal *= np.float32(cfg.rate)
+
+def camera(light, cfg, sensor, rng):
+    """The integrate-and-fire camera: light float32 [F, H, W] (grey in [0,1]) -> spikes uint8
+    [F, H, W]. The noise of every frame is drawn at once (vectorised), then the sequential
+    integrate-and-fire walks the frames."""
+    threshold, dark = sensor
+    signal = light * np.float32(cfg.rate)
     if cfg.photons_per_threshold > 0:
         signal = shot_noise(signal, cfg.photons_per_threshold, rng)
     signal += dark
@@ -131,15 +160,157 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
     if cfg.threshold_jitter > 0:
         theta = threshold * (1 + np.float32(cfg.threshold_jitter)
                              * rng.standard_normal(signal.shape, dtype=np.float32))
-    spk = np.zeros((num_frames, *size), dtype=np.uint8)
-    for f in range(num_frames):
+    acc = rng.uniform(0, 1, light.shape[1:]).astype(np.float32) * threshold
+    spk = np.zeros(light.shape, dtype=np.uint8)
+    for f in range(len(light)):
         acc += signal[f]
         fired = acc >= theta[f]
         spk[f] = fired
         acc -= fired * theta[f]
-    gt = translate(canvas, 0.0, 0.0, size)
-    gt = np.clip(np.round(gt * 255), 0, 255).astype(np.uint8)
-    return spk, gt
+    return spk
+
+
+def to_uint8(img):
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Video-like scenes: layers with their own paths
+
+@dataclasses.dataclass
+class Layer:
+    """One image layer of a scene, placed in view coordinates (px, origin top-left of the view).
+
+    texture: float32 [2, h, w] -- grey in [0,1] and alpha (coverage) in [0,1];
+    at frame instant f its centre is at centre + velocity * (f - t0) (+ jitter), rotated by
+    angle + spin * (f - t0) and scaled by exp(log_zoom * (f - t0)); t0 is the scene's reference
+    instant (the gt frame)."""
+    texture: np.ndarray
+    centre: np.ndarray          # (x, y) at t0
+    velocity: np.ndarray        # (vx, vy) px per frame
+    angle: float = 0.0          # rad at t0
+    spin: float = 0.0           # rad per frame
+    log_zoom: float = 0.0       # per frame
+    background: bool = False    # sampled with reflection at its borders (fills the view)
+
+
+def render_layers(layers, times, size, t0, jitter=None):
+    """The scene at frame instants `times` [F] -> float32 [F, H, W]: each layer warped to its
+    pose at that instant (bilinear), composited back to front by its alpha. jitter: optional
+    [F, 2] common (dx, dy) camera shake in px."""
+    h, w = size
+    times = torch.as_tensor(np.asarray(times, np.float64) - t0, dtype=torch.float64)   # [F]
+    out = torch.zeros(len(times), 1, h, w)
+    for layer in layers:
+        tex = torch.from_numpy(np.ascontiguousarray(layer.texture))                     # [2, th, tw]
+        th, tw = tex.shape[1:]
+        cx = layer.centre[0] + layer.velocity[0] * times                                # [F]
+        cy = layer.centre[1] + layer.velocity[1] * times
+        if jitter is not None:
+            cx, cy = cx + torch.as_tensor(jitter[:, 0]), cy + torch.as_tensor(jitter[:, 1])
+        angle = layer.angle + layer.spin * times
+        zoom = torch.exp(layer.log_zoom * times)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        # view pixel (x, y) -> texture pixel (u, v): rotate by -angle, scale by 1/zoom about the
+        # layer's centre:  u = cos (x - cx) + sin (y - cy) + tw/2,  v = -sin (x - cx) + cos (y - cy) + th/2,
+        # written for affine_grid's normalised coordinates (align_corners=False: x = (xn + 1) w / 2)
+        cu = -cos * cx - sin * cy + tw / 2
+        cv = sin * cx - cos * cy + th / 2
+        theta = torch.stack([torch.stack([cos * w / tw, sin * h / tw, (cos * w + sin * h + 2 * cu) / tw - 1], -1),
+                             torch.stack([-sin * w / th, cos * h / th, (-sin * w + cos * h + 2 * cv) / th - 1], -1)],
+                            1).float()                                                  # [F, 2, 3]
+        grid = F.affine_grid(theta, [len(times), 2, h, w], align_corners=False)
+        pad = "reflection" if layer.background else "zeros"
+        sampled = F.grid_sample(tex[None].expand(len(times), -1, -1, -1), grid, mode="bilinear",
+                                padding_mode=pad, align_corners=False)                  # [F, 2, H, W]
+        grey, alpha = sampled[:, :1], sampled[:, 1:].clamp(0, 1)
+        out = torch.lerp(out, grey, alpha)                                              # alpha over
+    return out[:, 0].numpy()
+
+
+def random_shape_mask(h, w, rng):
+    """A random soft-edged shape filling most of an h x w box -> float32 [h, w] in [0, 1]: an
+    ellipse or a star-shaped blob (radius varying with the angle), 1.5 px of soft edge."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = (yy + 0.5 - h / 2) / (h / 2), (xx + 0.5 - w / 2) / (w / 2)
+    r, a = np.hypot(x, y), np.arctan2(y, x)
+    if rng.random() < 0.4:
+        edge = np.ones_like(a)                                    # ellipse
+    else:
+        k = rng.integers(2, 6, 3)
+        phases = rng.uniform(0, 2 * np.pi, 3)
+        amps = rng.uniform(0.05, 0.2, 3)
+        edge = 1 - amps.sum() + sum(m * np.cos(kk * a + p) for m, kk, p in zip(amps, k, phases))
+    inside = (edge * 0.95 - r) * min(h, w) / 2                   # signed distance-ish, px
+    return np.clip(inside / 1.5 + 0.5, 0, 1).astype(np.float32)
+
+
+def photo_texture(img, rng, scale, box=None, cover=(1, 1)):
+    """A PIL photograph -> grey texture [2, h, w] (alpha 1) resampled by `scale` of its native
+    size, but at least `cover` (h, w); with box (h, w), a random crop of that size with a random
+    shape as alpha."""
+    img = img.convert("L")
+    w, h = img.size
+    need_h, need_w = box if box is not None else cover
+    scale = max(scale, need_h / h, need_w / w)                   # the crop / the view must fit
+    size = (max(need_w, round(w * scale)), max(need_h, round(h * scale)))
+    grey = np.asarray(img.resize(size, Image.BICUBIC if scale > 1 else Image.LANCZOS), np.float32) / 255.0
+    alpha = np.ones_like(grey)
+    if box is not None:
+        top, left = int(rng.integers(grey.shape[0] - need_h + 1)), int(rng.integers(grey.shape[1] - need_w + 1))
+        grey = grey[top:top + need_h, left:left + need_w]
+        alpha = random_shape_mask(need_h, need_w, rng)
+    return np.stack([np.clip(grey, 0, 1), alpha])
+
+
+def random_scene(photos, size, cfg, rng):
+    """A video-like scene for a view of `size` (h, w) -> [Layer], back to front.
+
+    photos: PIL images; photos[0] is the background, one more per cut-out. Speeds are given
+    per 200 frames in cfg (the networks' window) and stored per frame."""
+    h, w = size
+    gain = rng.uniform(*cfg.brightness)
+    turn = np.deg2rad(cfg.rotation_deg) / 200.0
+
+    def motion(px_range):
+        direction = rng.uniform(0, 2 * np.pi)
+        speed = rng.uniform(*px_range) / 200.0
+        return np.array([np.cos(direction), np.sin(direction)]) * speed
+
+    # the background covers the view (reflected beyond it as it moves); at native resolution
+    # when the photo is big enough, as on the training crops
+    bg = photo_texture(photos[0], rng, rng.uniform(*cfg.photo_scale), cover=size)
+    bg[0] *= gain
+    layers = [Layer(bg, np.array([w / 2 + rng.uniform(-0.25, 0.25) * bg.shape[2],
+                                  h / 2 + rng.uniform(-0.25, 0.25) * bg.shape[1]]),
+                    motion(cfg.motion_px), rng.uniform(-0.1, 0.1), rng.uniform(-1, 1) * turn / 4,
+                    rng.uniform(-1, 1) * np.log1p(cfg.zoom) / 400.0, background=True)]
+    for photo in photos[1:]:
+        box = (int(rng.uniform(0.25, 0.7) * min(h, w)), int(rng.uniform(0.25, 0.7) * min(h, w)))
+        box = tuple(max(8, b) for b in box)
+        tex = photo_texture(photo, rng, rng.uniform(*cfg.photo_scale), box)
+        tex[0] *= gain * rng.uniform(0.6, 1.4)
+        tex[0] = np.clip(tex[0], 0, 1)
+        layers.append(Layer(tex, np.array([rng.uniform(0, w), rng.uniform(0, h)]), motion(cfg.layer_px),
+                            rng.uniform(0, 2 * np.pi), rng.uniform(-1, 1) * turn,
+                            rng.uniform(-1, 1) * np.log1p(cfg.zoom) / 200.0))
+    return layers
+
+
+def simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, size, gt_frames=None):
+    """Run the camera over a layered scene for num_frames frames.
+
+    Returns (spk uint8 [num_frames, H, W], gt uint8 [len(gt_frames), H, W]): the clean scene at
+    the (possibly fractional) frame instants gt_frames, default the centre instant."""
+    t0 = (num_frames - 1) / 2
+    gt_frames = [t0] if gt_frames is None else list(gt_frames)
+    jitter = cfg.jitter_px * rng.standard_normal((num_frames, 2)).astype(np.float32)
+    chunk = max(1, 2_000_000 // (size[0] * size[1]))        # bounded memory on full frames
+    light = np.concatenate([render_layers(layers, np.arange(f, min(f + chunk, num_frames)), size, t0,
+                                          jitter[f:f + chunk]) for f in range(0, num_frames, chunk)])
+    spk = camera(light, cfg, sensor, rng)
+    gt = render_layers(layers, gt_frames, size, t0)
+    return spk, to_uint8(gt)
 
 
 def image_to_canvas(img, size=FRAME_SIZE, margin=8):
@@ -321,7 +492,8 @@ class SimulatedStreams(torch.utils.data.Dataset):
         self.data_type, self.class_names, self.cfg = data_type, names, cfg
         self.crop_size, self.bins, self.num_frames = crop_size, bins, num_frames
         self.length = length or len(self.images)
-        self.sensor = make_sensor(cfg, cfg.frame_hw, seed)   # the same camera as the files'
+        # its own sensor: the validation/test files' fixed pattern is never trained on
+        self.sensor = make_sensor(cfg, cfg.frame_hw, seed, "on_the_fly")
         self.margin = motion_margin(cfg)
         h, w = cfg.frame_hw
         if min(h, w) < crop_size:
@@ -333,17 +505,40 @@ class SimulatedStreams(torch.utils.data.Dataset):
     def __getitem__(self, i):
         # torch's RNG is seeded per DataLoader worker, so workers draw different captures
         rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))
-        label, path = self.images[int(rng.integers(len(self.images)))]
-        with Image.open(path) as img:
-            canvas = scene_canvas(img, self.cfg.frame_hw, self.cfg, rng)
-        s, m = self.crop_size, self.margin
-        h, w = self.cfg.frame_hw
+        spk, gt, label = self.capture(rng, self.num_frames)
+        return make_item(spk, gt[0], label, self.class_names, self.bins, True, -1)
+
+    def capture(self, rng, num_frames, gt_frames=None):
+        """One new capture of a crop_size window: a random scene seen for num_frames frames ->
+        (spk uint8 [num_frames, s, s], gt uint8 [len(gt_frames), s, s], label of the main photo);
+        gt holds the clean frames at the (fractional) frame instants gt_frames, by default the
+        centre instant (num_frames - 1) / 2."""
+        s, h, w = self.crop_size, *self.cfg.frame_hw
         top, left = int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1))
-        window = canvas[top:top + s + 2 * m, left:left + s + 2 * m]
         sensor = tuple(x[top:top + s, left:left + s] for x in self.sensor)
-        spk, gt = simulate_spikes(window, self.num_frames, self.cfg, sensor, rng, (s, s))
-        spk, gt = random_view([spk, gt], s)
-        return make_item(spk, gt, label, self.class_names, self.bins, True, -1)
+        label, main = self.images[int(rng.integers(len(self.images)))]
+        if self.cfg.layers is None:                    # one photograph drifting rigidly (UHSR)
+            with Image.open(main) as img:
+                canvas = scene_canvas(img, self.cfg.frame_hw, self.cfg, rng)
+            window = canvas[top:top + s + 2 * self.margin, left:left + s + 2 * self.margin]
+            if gt_frames is not None and list(gt_frames) != [(num_frames - 1) / 2]:
+                raise ValueError("the rigid-drift camera renders only the centre frame")
+            spk, gt = simulate_spikes(window, num_frames, self.cfg, sensor, rng, (s, s))
+            gt = gt[None]
+        else:                                          # a layered, video-like scene
+            n_cutouts = int(rng.integers(self.cfg.layers[0], self.cfg.layers[1] + 1))
+            paths = [main] + [self.images[int(rng.integers(len(self.images)))][1] for _ in range(n_cutouts)]
+            photos = []
+            for path in paths:
+                with Image.open(path) as img:
+                    photos.append(img.convert("L"))
+            layers = random_scene(photos, (s, s), self.cfg, rng)
+            spk, gt = simulate_layered_spikes(layers, num_frames, self.cfg, sensor, rng, (s, s), gt_frames)
+        # a random flip and 90-degree turn (also of the motion's direction), from rng so that a
+        # capture is a function of rng
+        flip, turns = bool(rng.integers(2)), int(rng.integers(4))
+        spk, gt = (np.ascontiguousarray(np.rot90(x[..., ::-1] if flip else x, turns, axes=(-2, -1))) for x in (spk, gt))
+        return spk, gt, int(label)
 
 
 def sample_name(image_path, class_name):
@@ -366,25 +561,30 @@ def procedural_streams(n, size, num_frames=UHSR_FRAMES, light="low", seed=0):
     (for measurements that need spikes like a camera's when no data is at hand)."""
     cfg = LIGHT[light]
     rng = np.random.default_rng([seed, 0xC0FFEE])
-    sensor = make_sensor(cfg, (size, size), seed)
+    sensor = make_sensor(cfg, (size, size), seed, "test")
     return np.stack([simulate_spikes(scene_canvas(procedural_image(i, rng), (size, size), cfg, rng), num_frames,
                                      cfg, sensor, rng, (size, size))[0] for i in range(n)])
 
 
 def _make_one(task):
     """Worker: simulate and write one sample (skipped when the file already exists)."""
-    path, data_type, kind, ref, label, class_name, seed, index, cfg, num_frames, frame_hw = task
+    path, split, data_type, (kind, ref, label), cutouts, class_name, seed, index, cfg, num_frames, frame_hw = task
     if os.path.exists(path):
         return path
     # the dataset is part of the seed: U-CIFAR and U-CALTECH both number their files from 0
     rng = np.random.default_rng([seed, DATASET_SEEDS[data_type], index])
     img, src_name = load_source_image(kind, ref, label, rng)
-    canvas = scene_canvas(img, frame_hw, cfg, rng)
-    key = (seed, frame_hw, dataclasses.astuple(cfg))
+    key = (seed, split, frame_hw, dataclasses.astuple(cfg))
     if key not in _sensor_cache:
-        _sensor_cache[key] = make_sensor(cfg, frame_hw, seed)
+        _sensor_cache[key] = make_sensor(cfg, frame_hw, seed, split)
     sensor = _sensor_cache[key]
-    spk, gt = simulate_spikes(canvas, num_frames, cfg, sensor, rng, frame_hw)
+    if cfg.layers is None:
+        spk, gt = simulate_spikes(scene_canvas(img, frame_hw, cfg, rng), num_frames, cfg, sensor, rng, frame_hw)
+    else:
+        photos = [img] + [load_source_image(k, r, l, rng)[0] for k, r, l in cutouts]
+        layers = random_scene(photos, frame_hw, cfg, rng)
+        spk, gt = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, frame_hw)
+        gt = gt[0]
     save_sample(path, spk, label, sample_name(src_name, class_name), gt)
     return path
 
@@ -411,8 +611,15 @@ def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, nu
         os.makedirs(folder, exist_ok=True)
         for j, (label, (kind, ref)) in enumerate(items):
             index = offset + j
-            tasks.append((os.path.join(folder, f"{index}.npz"), data_type, kind, ref, label, names[label],
-                          seed, index, cfg, num_frames, tuple(frame_hw)))
+            # cut-outs of a layered scene: other images of the same split (a test scene shows
+            # only test images)
+            rng = np.random.default_rng([seed, DATASET_SEEDS[data_type], index, 1])
+            n_cutouts = 0 if cfg.layers is None else int(rng.integers(cfg.layers[0], cfg.layers[1] + 1))
+            others = [k for k in range(len(items)) if k != j] or [j]
+            cutouts = [(items[k][1][0], items[k][1][1], items[k][0])
+                       for k in rng.choice(others, n_cutouts)]
+            tasks.append((os.path.join(folder, f"{index}.npz"), split, data_type, (kind, ref, label), cutouts,
+                          names[label], seed, index, cfg, num_frames, tuple(frame_hw)))
     return tasks
 
 

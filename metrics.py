@@ -27,6 +27,67 @@ def psnr(pred, target, data_range=1.0):
     return (10 * torch.log10(data_range**2 / mse_per_image)).to(pred.dtype)
 
 
+def neighbour_difference(img):
+    """Sharpness: mean absolute difference of horizontally and vertically neighbouring pixels of
+    a grey image [..., H, W] (compare a reconstruction's with its ground truth's: below 1 = blurred)."""
+    img = torch.as_tensor(img, dtype=torch.float32)
+    return 0.5 * float((img[..., 1:, :] - img[..., :-1, :]).abs().mean()
+                       + (img[..., :, 1:] - img[..., :, :-1]).abs().mean())
+
+
+def moving_mask(spk, rate, window=41, gap=100, blur=5, threshold=0.08):
+    """Where a spike stream's content moves: bool [H, W] of the pixels whose local brightness
+    (TFP over `window` frames / rate, box-blurred over blur x blur px) changes by more than
+    `threshold` between two instants `gap` frames apart around the centre. Static pixels,
+    flat regions and uniform areas in motion stay False: the mask holds moving texture/edges,
+    where averaging over the window blurs."""
+    spk = torch.as_tensor(np.asarray(spk), dtype=torch.float32)
+    c, half = spk.shape[0] // 2, window // 2
+    a, b = c - gap // 2, c + gap // 2
+    if a - half < 0 or b + half + 1 > spk.shape[0]:
+        raise ValueError(f"moving_mask: {spk.shape[0]} frames are too few for gap {gap} and window {window}")
+    before = spk[a - half:a + half + 1].mean(0) / rate
+    after = spk[b - half:b + half + 1].mean(0) / rate
+    smooth = lambda x: F.avg_pool2d(x[None, None], blur, 1, blur // 2, count_include_pad=False)[0, 0]
+    return ((smooth(before) - smooth(after)).abs() > threshold).numpy()
+
+
+def masked_psnr(pred, target, mask, data_range=1.0):
+    """PSNR over the pixels of a bool mask [H, W] (pred, target [..., H, W])."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    diff = (torch.as_tensor(pred).float() - torch.as_tensor(target).float())[..., mask]
+    mse = diff.pow(2).mean().clamp_min(1e-12)
+    return float(10 * torch.log10(data_range ** 2 / mse))
+
+
+def block_motion(a, b, block=24, search=16, min_std=0.02, min_match=0.5):
+    """How content moves between two grey images [H, W]: for each textured block of `a`
+    (std >= min_std), the integer shift (dy, dx) within +-search px whose block of `b` has the
+    best normalised cross-correlation (kept when above min_match) -> float32 [N, 2]."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    h, w = a.shape
+    shifts = []
+    for y in range(search, h - block - search + 1, block):
+        for x in range(search, w - block - search + 1, block):
+            p = a[y:y + block, x:x + block]
+            if p.std() < min_std:
+                continue
+            p = (p - p.mean()) / p.std()
+            best, arg = -2.0, (0, 0)
+            for dy in range(-search, search + 1):
+                for dx in range(-search, search + 1):
+                    q = b[y + dy:y + dy + block, x + dx:x + dx + block]
+                    s = q.std()
+                    if s < 1e-6:
+                        continue
+                    score = float((p * (q - q.mean())).mean() / s)
+                    if score > best:
+                        best, arg = score, (dy, dx)
+            if best > min_match:
+                shifts.append(arg)
+    return np.array(shifts, dtype=np.float32).reshape(-1, 2)
+
+
 def _gaussian_window_1d(size=11, sigma=1.5):
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     w = torch.exp(-x**2 / (2 * sigma**2))

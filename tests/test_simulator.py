@@ -9,6 +9,7 @@ from PIL import Image
 
 import dataset
 import generate_synthetic_data as gen
+import metrics
 import utils
 from utils import InputError
 
@@ -376,3 +377,67 @@ def test_low_light_regime_is_uhsr_like():
     canvas = gen.scene_canvas(gen.procedural_image(3, rng), (64, 64), cfg, rng)
     spk, _ = gen.simulate_spikes(canvas, 200, cfg, gen.make_sensor(cfg, (64, 64), 0), rng, (64, 64))
     assert 0.01 < spk.mean() < 0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# Layered, video-like scenes
+
+def _square_layer(velocity, centre, size=12, background=False, value=1.0):
+    tex = np.stack([np.full((size, size), value, np.float32), np.ones((size, size), np.float32)])
+    return gen.Layer(tex, np.array(centre, float), np.array(velocity, float), background=background)
+
+
+def test_layers_move_on_their_own_paths_and_occlude():
+    """A bright square moving right over a dark one moving down: at each instant each square
+    is where its own path puts it, and the top layer hides the one below where they overlap."""
+    dark = _square_layer((0.0, 0.1), (20, 20), value=0.3)
+    bright = _square_layer((0.2, 0.0), (20, 20), value=1.0)
+    frames = gen.render_layers([dark, bright], [0.0, 100.0], (48, 64), t0=0.0)
+    for f, t in enumerate([0.0, 100.0]):
+        ys, xs = np.nonzero(frames[f] > 0.9)
+        assert abs(xs.mean() + 0.5 - (20 + 0.2 * t)) < 0.6 and abs(ys.mean() + 0.5 - 20) < 0.6
+    # at t0 the bright square covers the dark one entirely; at t=100 they have parted
+    assert ((frames[0] > 0.2) & (frames[0] < 0.4)).sum() == 0
+    ys, xs = np.nonzero((frames[1] > 0.2) & (frames[1] < 0.4))
+    assert abs(ys.mean() + 0.5 - 30) < 0.6 and abs(xs.mean() + 0.5 - 20) < 0.6
+
+
+def test_layered_spikes_move_at_the_simulated_speed():
+    """End to end, measured from the spikes as bench/reds_motion.py measures the REDS streams:
+    a textured background panning 30 px per 200 frames and a cut-out moving the other way at
+    60 px per 200 frames come out of the camera at those speeds."""
+    rng = np.random.default_rng(0)
+    texture = rng.uniform(0.1, 0.9, (24, 24)).repeat(8, 0).repeat(8, 1)[None].repeat(2, 0).astype(np.float32)
+    texture[1] = 1.0
+    bg = gen.Layer(texture, np.array([80.0, 64.0]), np.array([30 / 200, 0.0]), background=True)
+    cut = gen.Layer(texture[:, :72, :72].copy(), np.array([80.0, 64.0]), np.array([-60 / 200, 0.0]))
+    cfg = dataclasses.replace(gen.LIGHT["normal"], jitter_px=0.0)
+    spk, _ = gen.simulate_layered_spikes([bg, cut], 200, cfg, gen.make_sensor(cfg, (128, 160), 0), rng, (128, 160))
+    a, b = spk[55:96].mean(0) / cfg.rate, spk[105:146].mean(0) / cfg.rate     # 50 frames apart
+    shifts = metrics.block_motion(a, b, block=16, search=16)[:, 1] * 200 / 50   # dx per 200 frames
+    assert np.sum(np.abs(shifts - 30) <= 4) >= 0.25 * len(shifts)     # measured: 16 of 48 blocks
+    assert np.sum(np.abs(shifts + 60) <= 4) >= 0.25 * len(shifts)     # measured: 17 of 48
+
+
+def test_validation_and_test_files_have_their_own_sensor():
+    cfg = dataclasses.replace(gen.LIGHT["low"], hot_pixel_fraction=0.01)
+    hot = {split: gen.make_sensor(cfg, (64, 64), 0, split)[1] > 0.1 for split in gen.SENSOR_IDS}
+    assert not np.array_equal(hot["train"], hot["test"])
+    assert not np.array_equal(hot["train"], hot["on_the_fly"])
+    np.testing.assert_array_equal(hot["test"], gen.make_sensor(cfg, (64, 64), 0, "test")[1] > 0.1)
+
+
+def test_capture_renders_the_clean_frame_at_each_requested_instant(tmp_path):
+    """capture(): the scene moves, so clean frames at other instants differ from the centre one,
+    and the default is the centre instant."""
+    for cls in ("frog", "horse"):
+        (tmp_path / cls).mkdir()
+        for k in range(2):
+            gen.procedural_image(k + (cls == "horse") * 5, np.random.default_rng(k), 96).save(tmp_path / cls / f"{k}.png")
+    cfg = dataclasses.replace(gen.LIGHT["normal"], motion_px=(40.0, 40.0), layer_px=(40.0, 60.0), layers=(1, 1))
+    ds = gen.SimulatedStreams(str(tmp_path), "CIFAR", cfg, 32, 50, length=4)
+    spk, gt, label = ds.capture(np.random.default_rng(3), 200, [0.0, 99.5, 199.0])
+    assert spk.shape == (200, 32, 32) and gt.shape == (3, 32, 32) and label in (0, 1)
+    assert np.abs(gt[0].astype(int) - gt[2]).mean() > 2
+    _, centre, _ = ds.capture(np.random.default_rng(3), 200)
+    np.testing.assert_array_equal(centre[0], gt[1])
