@@ -799,7 +799,7 @@ class SimulatedRecordings(torch.utils.data.Dataset):
     def __getitem__(self, i):
         rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))   # seeded per DataLoader worker
         centres = [j * self.step_frames + (UHSR_FRAMES - 1) / 2 for j in range(self.windows)]
-        spk, gt = self.streams.capture(rng, self.num_steps * self.step_frames, centres)
+        spk, gt, _ = self.streams.capture(rng, self.num_steps * self.step_frames, centres)
         return {"voxel": torch.from_numpy(voxelize(spk, self.num_steps * self.bins, np.uint8)),
                 "gt": torch.from_numpy(gt.astype(np.float32) / 255.0)[:, None]}
 

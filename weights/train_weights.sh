@@ -7,7 +7,7 @@
 # CALTECH101_DIR: Caltech-101 images in class folders (CC BY 4.0), e.g. torchvision's
 # 101_ObjectCategories or the 30-per-class subset the shipped weights were trained on.
 # 1. validation and test streams: the first image of every class -> train split (validation
-#    only), the second -> test split, written as UHSR-style .npz files under $DATA;
+#    only), the second -> test split (not for stream), written as UHSR-style .npz files under $DATA;
 # 2. training on streams simulated on the fly from every other image of the folder (a new
 #    capture per item: random window, motion, brightness, noise, flip, rotation), supervised by
 #    the clean frame; CLIP is not used (no pretrained weights offline: its terms are off);
@@ -21,18 +21,22 @@ USAGE="usage: bash weights/train_weights.sh normal|low|stream CALTECH101_DIR"
 NAME=${1:?$USAGE}
 SRC=${2:?$USAGE}
 case "$NAME" in
-  normal|low) LIGHT=$NAME; NETWORK=(--encoding direct)
+  normal|low) LIGHT=$NAME; NETWORK=(--encoding direct); FILES=(--num_test 1)
               EPOCHS=${EPOCHS:-7}; EPOCH_SIZE=${EPOCH_SIZE:-480}; BATCH=${BATCH:-8}; CROP=${CROP:-64} ;;
-  stream)     LIGHT=normal; NETWORK=(--encoding temporal --stateful "${WINDOWS:-20}")
-              EPOCHS=${EPOCHS:-4}; EPOCH_SIZE=${EPOCH_SIZE:-240}; BATCH=${BATCH:-4}; CROP=${CROP:-48} ;;
+  # recordings of 19 steps (950 frames) cost the simulator ~4 s each on a CPU: small crops, and
+  # validation files of 64x64 frames (no test split: the stream model is scored on REDS and by
+  # bench/stream_speed.py)
+  stream)     LIGHT=normal; NETWORK=(--encoding temporal --stateful "${WINDOWS:-16}")
+              FILES=(--num_test 0 --frame_size 64)
+              EPOCHS=${EPOCHS:-4}; EPOCH_SIZE=${EPOCH_SIZE:-120}; BATCH=${BATCH:-4}; CROP=${CROP:-40} ;;
   *) echo "$USAGE" >&2; exit 2 ;;
 esac
-DATA=${DATA:-data/weights-$LIGHT}
+DATA=${DATA:-data/weights-$NAME}
 EXP=${EXP:-weights-$NAME}
 [ -f venv/.setup-done ] || bash setup.sh
 PY=venv/bin/python
 $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" --light "$LIGHT" \
-    --num_train 1 --num_test 1 --data_root "$DATA"
+    --num_train 1 "${FILES[@]}" --data_root "$DATA"
 $PY train.py --dataset caltech --data_root "$DATA" --simulate_from "$SRC" --light "$LIGHT" \
     --exp_name "$EXP" --arch snn --time_steps 4 "${NETWORK[@]}" --linear_skip \
     --crop_size "$CROP" --batch_size "$BATCH" --lr 1e-3 --recon_target gt \
