@@ -34,6 +34,7 @@ from utils import InputError, positive_float, positive_int, report_input_error, 
 STRIDE = 50
 RATE = LIGHT["normal"].rate
 TFP_WINDOW = 41            # Spike-Zoo's TFP convention on REDS_BASE
+SCENE_CLASS = 35           # the procedural image: a checkered star on a shaded background
 
 
 def get_args(argv=None):
@@ -47,7 +48,9 @@ def get_args(argv=None):
     p.add_argument("--frames", type=positive_int, default=2200, help="spike frames simulated (>= 200)")
     p.add_argument("--height", type=positive_int, default=96)
     p.add_argument("--width", type=positive_int, default=128)
-    p.add_argument("--drift", type=positive_float, default=40.0, help="pixels the scene moves over the stream")
+    p.add_argument("--drift", type=positive_float, default=160.0,
+                   help="pixels the scene moves over the stream (160 over 2200 frames: ~15 px a window, "
+                        "REDS-like)")
     p.add_argument("--fps", type=positive_float, default=10.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +67,7 @@ def moving_scene(args):
     rng = np.random.default_rng(args.seed)
     margin = int(args.drift / 2) + 4
     size = (args.width + 2 * margin, args.height + 2 * margin)
-    canvas = np.asarray(procedural_image(7, rng, size=256).resize(size, Image.BICUBIC), np.float32) / 255.0
+    canvas = np.asarray(procedural_image(SCENE_CLASS, rng, size=256).resize(size, Image.BICUBIC), np.float32) / 255.0
     cfg = dataclasses.replace(LIGHT["normal"], motion_px=(args.drift, args.drift))
     hw = (args.height, args.width)
     return simulate_spikes(canvas, args.frames, cfg, make_sensor(cfg, hw, args.seed), rng, hw)[0]
@@ -89,6 +92,7 @@ def run(args):
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"--output {args.output} exists (pass --overwrite to replace it)")
     direct, stateful = load(args.direct, "direct"), load(args.stateful, "temporal")
+    names = [os.path.relpath(path) for path in (args.direct, args.stateful)]
     device = torch.device(args.device)
     t0 = time.perf_counter()
     folder = tempfile.mkdtemp(prefix="stream_video.")
@@ -116,7 +120,7 @@ def run(args):
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{args.output}: {num_out} frames of {args.height}x{4 * args.width}, a simulated scene drifting "
           f"{args.drift:g} px over {args.frames} spike frames, stride {STRIDE}; columns: TFP ({TFP_WINDOW} frames "
-          f"/ {RATE}) | TFI (/ {RATE}) | {args.direct} (sliding windows) | {args.stateful} (stateful), "
+          f"/ {RATE}) | TFI (/ {RATE}) | {names[0]} (sliding windows) | {names[1]} (stateful), "
           f"in {time.perf_counter() - t0:.0f} s")
     return 0
 

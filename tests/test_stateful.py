@@ -31,17 +31,15 @@ def calibrated_temporal_snn(spk, time_steps=4):
     return model.eval()
 
 
-def still_capture(self, rng, num_frames, gt_frames):
-    """A stand-in for SimulatedStreams.capture: one random photo, still, so its clean frame is the
-    same at every instant; records the instants it was asked for."""
-    self.asked = list(gt_frames)
-    s = self.crop_size
-    cfg = dataclasses.replace(self.cfg, motion_px=(0.0, 0.0), jitter_px=0.0)
-    _, path = self.images[int(rng.integers(len(self.images)))]
-    with Image.open(path) as img:
-        canvas = gsd.scene_canvas(img, (s, s), cfg, rng)
-    spk, gt = gsd.simulate_spikes(canvas, num_frames, cfg, gsd.make_sensor(cfg, (s, s), 0), rng, (s, s))
-    return spk, np.repeat(gt[None], len(gt_frames), 0)
+def recording_instants(monkeypatch):
+    """Record the clean-frame instants each capture() is asked for."""
+    asked, real = [], gsd.SimulatedStreams.capture
+
+    def capture(self, rng, num_frames, gt_frames=None):
+        asked.append((num_frames, list(gt_frames)))
+        return real(self, rng, num_frames, gt_frames)
+    monkeypatch.setattr(gsd.SimulatedStreams, "capture", capture)
+    return asked
 
 
 @pytest.fixture
@@ -86,23 +84,22 @@ def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
 
 
 def test_recordings_ask_for_the_clean_frame_at_each_windows_centre(photos, monkeypatch):
-    monkeypatch.setattr(gsd.SimulatedStreams, "capture", still_capture, raising=False)
+    asked = recording_instants(monkeypatch)
     streams = gsd.SimulatedStreams(str(photos), "CIFAR", gsd.LIGHT["normal"], 16, 200, length=3)
     rec = train.SimulatedRecordings(streams, 5, 4, 50)
     item = rec[0]
-    assert streams.asked == [99.5, 149.5, 199.5, 249.5, 299.5]       # window j: frames [50j, 50j + 200)
+    assert asked == [(400, [99.5, 149.5, 199.5, 249.5, 299.5])]      # window j: frames [50j, 50j + 200)
     assert rec.num_steps == 8 and len(rec) == 3
     assert item["voxel"].shape == (8 * 50, 16, 16) and item["voxel"].dtype == torch.uint8
     assert item["gt"].shape == (5, 1, 16, 16) and 0 <= item["gt"].min() and item["gt"].max() <= 1
 
 
-def test_stateful_training_runs_and_learns(tmp_path, tiny_data, photos, monkeypatch, capsys):
-    monkeypatch.setattr(gsd.SimulatedStreams, "capture", still_capture, raising=False)
+def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, photos, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["--data_root", str(tiny_data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
             *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
             "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
-            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--lr", "3e-3"]
+            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6"]
     args[args.index("--random_clip_terms")] = "--clip_weight=0"
     steps = {"n": 0}
     real = train.optimize
@@ -116,10 +113,17 @@ def test_stateful_training_runs_and_learns(tmp_path, tiny_data, photos, monkeypa
     assert "each item one recording of 7 time steps (700 frames)" in out     # T=2: 100 frames a step
     # 3 epochs x 2 batches x chunks of 8 steps: one chunk per 7-step recording
     assert steps["n"] == 6
-    ckpt = torch.load(tmp_path / "exp" / "st" / "ckpts" / "checkpoint_last.pth", weights_only=True)
+    path = tmp_path / "exp" / "st" / "ckpts" / "checkpoint_last.pth"
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["opt"]["stateful"] == 6
-    recon = [h["train_recon"] for h in ckpt["history"]]
-    assert all(np.isfinite(recon)) and recon[-1] < recon[0]
+    assert all(np.isfinite(h["train_recon"]) for h in ckpt["history"]) and len(ckpt["history"]) == 3
+    assert ckpt["model"]["readout.weight"].abs().sum() > 0            # the spiking path was trained
+    # the checkpoint streams, stateful by default
+    spk = (np.random.default_rng(0).random((400, 16, 24)) < 0.3).astype(np.uint8)
+    dataset.write_dat(str(tmp_path / "s.dat"), spk)
+    assert reconstruct.main(["--checkpoint", str(path), "--input", str(tmp_path / "s.dat"), "--output",
+                             str(tmp_path / "s.npy"), "--height", "16", "--width", "24"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (5, 16, 24) and "stateful" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag", [["--encoding", "direct"], ["--recon_target", "tfi"], ["--epochs_fine", "1"],
