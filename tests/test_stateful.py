@@ -122,8 +122,8 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, 
     spk = (np.random.default_rng(0).random((400, 16, 24)) < 0.3).astype(np.uint8)
     dataset.write_dat(str(tmp_path / "s.dat"), spk)
     assert reconstruct.main(["--checkpoint", str(path), "--input", str(tmp_path / "s.dat"), "--output",
-                             str(tmp_path / "s.npy"), "--height", "16", "--width", "24"]) == 0
-    assert np.load(tmp_path / "s.npy").shape == (5, 16, 24) and "stateful" in capsys.readouterr().out
+                             str(tmp_path / "s.npy"), "--height", "16", "--width", "24", "--stride", "100"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 16, 24) and "stateful" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag", [["--encoding", "direct"], ["--recon_target", "tfi"], ["--epochs_fine", "1"],
