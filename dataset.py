@@ -3,7 +3,7 @@
 Conventions (SPEC §2):
 - spikes are uint8 in {0,1}, shape [T, H, W] (frames, rows, columns);
 - a Vidar `.dat` frame is H*W/8 bytes, pixel p = row*W + col of the vertically flipped frame,
-  stored in byte p>>3 at bit p&7, least significant bit first;
+  stored in byte p>>3 at bit p&7, least significant bit first (unpack_dat_frames);
 - the UHSR loader crops the centre 224x224 of the 250x250 frames ([:, 13:237, 13:237]) and bins
   200 frames into 50 bins of 4 frames each (counts 0..4, not normalised).
 """
@@ -93,30 +93,64 @@ def class_index(data_type, name):
 
 
 # ----------------------------------------------------------------------------------------------
-# Vidar .dat
+# Vidar .dat: the one description of its layout and its size checks (read_dat here, and
+# reconstruct.py's streaming reader, go through dat_frame_count and unpack_dat_frames)
+
+DAT_WIDTHS = (400, 416)   # the Vidar sensor's 400 columns; a raw capture stores 16 more a row
+
+
+def dat_frame_bytes(height, width):
+    """Bytes of one height x width frame (8 pixels a byte)."""
+    if (height * width) % 8:
+        raise InputError(f"--height x --width = {height} x {width} = {height * width} pixels is not a "
+                         f"multiple of 8 (a .dat frame is a whole number of bytes)")
+    return height * width // 8
+
+
+def dat_frame_count(path, height, width):
+    """-> (whole height x width frames in the .dat file `path`, bytes left over after them).
+
+    Refuses a missing path, a folder, an empty file, and, asked for one Vidar width (400 or
+    416), a size that is a whole number of frames of the other one but not of this one."""
+    frame_bytes = dat_frame_bytes(height, width)
+    if not os.path.isfile(path):
+        raise SpikeDataError(f"{path}: {'a folder, not a .dat file' if os.path.isdir(path) else 'no such file'}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise SpikeDataError(f"{path}: empty file")
+    frames, extra = divmod(size, frame_bytes)
+    for other in DAT_WIDTHS:
+        other_bytes = height * other // 8
+        if extra and width in DAT_WIDTHS and other != width and size % other_bytes == 0:
+            raise SpikeDataError(
+                f"{path}: {size} bytes are not a whole number of {height}x{width} frames ({frame_bytes} "
+                f"bytes each) but exactly {size // other_bytes} frames {other} wide: --width {other}?")
+    return frames, extra
+
+
+def unpack_dat_frames(packed, height, width):
+    """Packed frames as stored, uint8 tensor [n, height*width/8] on any device -> spikes uint8
+    [n, height, W] on the same device, scene upright.
+
+    The layout: pixel p = row*width + col of the vertically flipped frame (the first stored row
+    is the bottom of the scene) is bit p&7 of byte p>>3, least significant bit first. A frame
+    416 wide carries 16 columns beyond the sensor's 400, which are dropped (W = 400)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1                      # [n, H*W/8, 8]
+    spk = bits.view(-1, height, width).flip(1)
+    return spk[:, :, :400] if width == 416 else spk
+
 
 def read_dat(path, height=250, width=400):
-    """Read a raw Vidar stream -> uint8 [T, height, width] in {0,1}, scene upright.
-
-    A raw capture 416 columns wide carries 16 extra columns; pass width=416 and they are
-    dropped (the result is 400 wide).
-    """
-    if (height * width) % 8:
-        raise SpikeDataError(f"{path}: height*width = {height * width} is not a multiple of 8")
-    frame_bytes = height * width // 8
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0:
-        raise SpikeDataError(f"{path}: empty file")
-    if raw.size % frame_bytes:
+    """Read a whole raw Vidar stream -> uint8 [T, height, W] in {0,1}, scene upright (W: 400
+    for a raw 416-wide capture, else width)."""
+    frames, extra = dat_frame_count(path, height, width)
+    if extra:
         raise SpikeDataError(
-            f"{path}: size {raw.size} bytes is not a whole number of {height}x{width} frames "
-            f"({frame_bytes} bytes each): truncated, or the wrong --height/--width")
-    frames = raw.reshape(-1, frame_bytes)
-    bits = np.unpackbits(frames, axis=1, bitorder="little")
-    spk = bits.reshape(-1, height, width)[:, ::-1]      # first stored row is the scene bottom
-    if width == 416:
-        spk = spk[:, :, :400]
-    return np.ascontiguousarray(spk)
+            f"{path}: size {os.path.getsize(path)} bytes is not a whole number of {height}x{width} frames "
+            f"({dat_frame_bytes(height, width)} bytes each): truncated, or the wrong --height/--width")
+    raw = np.fromfile(path, dtype=np.uint8).reshape(frames, -1)
+    return unpack_dat_frames(torch.from_numpy(raw), height, width).contiguous().numpy()
 
 
 def write_dat(path, spk):
@@ -125,6 +159,7 @@ def write_dat(path, spk):
     t, h, w = spk.shape
     if (h * w) % 8:
         raise SpikeDataError(f"{path}: H*W = {h * w} is not a multiple of 8, cannot pack frames")
+    # the layout of unpack_dat_frames, run backwards
     packed = np.packbits(spk[:, ::-1].reshape(t, h * w), axis=1, bitorder="little")
     atomic_write(path, packed.tofile)
 
@@ -153,7 +188,7 @@ def check_spikes(spk, path, min_frames=1):
     return np.ascontiguousarray(spk)
 
 
-def _open_npz(path):
+def _check_zip_start(path):
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"\x93NUMPY"):
@@ -161,7 +196,27 @@ def _open_npz(path):
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):   # else numpy takes it for a pickle
         raise SpikeDataError(f"{path}: not a valid .npz file (an .npz is a zip archive; this one "
                              f"{'is empty' if not magic else 'does not start like one'})")
+
+
+def _open_npz(path):
+    _check_zip_start(path)
     return np.load(path, allow_pickle=False)
+
+
+def check_archives(files):
+    """Before the long work: every .npz is a whole zip archive holding 'spk' and 'label'. Cheap
+    (each file's zip directory, at its end, ~0.1 ms); a truncated file has lost its directory.
+    SpikeDataError naming the first bad file."""
+    for path in files:
+        try:
+            _check_zip_start(path)
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (OSError, zipfile.BadZipFile) as e:
+            raise SpikeDataError(f"{path}: unreadable or truncated .npz ({e.strerror if isinstance(e, OSError) else e})") from None
+        missing = [key for key in ("spk", "label") if f"{key}.npy" not in names]
+        if missing:
+            raise SpikeDataError(f"{path}: missing key '{missing[0]}' (has {sorted(n[:-4] for n in names)})")
 
 
 def load_npz(path, num_classes=None, with_gt=False):
@@ -234,16 +289,24 @@ def random_view(arrays, size, path="<array>"):
     return views
 
 
-def voxelize(spk, bins=UHSR_BINS, dtype=np.float32):
-    """Sum consecutive frames: [T, H, W] -> [bins, H, W] counts (T must divide into bins).
-
-    The Dataset asks for uint8 (4x less to copy to the GPU, where it becomes float)."""
-    t = spk.shape[0]
-    if t < bins or t % bins:
-        raise SpikeDataError(f"cannot bin {t} frames into {bins} equal bins")
-    if t // bins > 255 and dtype == np.uint8:
-        raise SpikeDataError(f"{t // bins} frames per bin overflow uint8 counts")
-    return spk.reshape(bins, t // bins, *spk.shape[1:]).sum(1, dtype=dtype)
+def voxelize(frames, bins=UHSR_BINS, dtype=None, dim=0):
+    """What a bin is, for every caller: the frames along `dim` cut into `bins` equal runs of
+    consecutive frames, each run summed (counts, not normalised). numpy arrays or torch tensors
+    on any device: spikes [T, H, W] -> [bins, H, W] (dim 0), a batch [B, F, H, W] ->
+    [B, bins, H, W] (dim 1). Bins of bins are bins: a voxel summed into fewer bins is the voxel
+    of the same frames with fewer bins (a 50-bin teacher fed a 200-bin student's voxel). A
+    temporal-encoding voxel of T steps is one voxel of 50*T bins, step t its bins [50t, 50t+50)
+    (models.SpikingLRN._step_inputs). dtype: float32 by default; the Dataset asks for uint8 (4x
+    less to copy to the GPU, where it becomes float)."""
+    n = frames.shape[dim]
+    if n < bins or n % bins:
+        raise SpikeDataError(f"cannot bin {n} frames into {bins} equal bins")
+    if torch.is_tensor(frames):
+        return frames.unflatten(dim, (bins, n // bins)).sum(dim + 1, dtype=dtype or torch.float32)
+    dtype = dtype or np.float32
+    if n // bins > 255 and dtype == np.uint8:
+        raise SpikeDataError(f"{n // bins} frames per bin overflow uint8 counts")
+    return frames.reshape(frames.shape[:dim] + (bins, n // bins) + frames.shape[dim + 1:]).sum(dim + 1, dtype=dtype)
 
 
 def pack_frames(spk):
@@ -261,9 +324,11 @@ _PAIR_MASKS = {1: 0x55, 2: 0x33, 4: 0x0F}   # bit groups of width 1, 2, 4 within
 
 
 def voxelize_packed(packed, bins, num_frames):
-    """voxelize() of pack_frames() output, without unpacking when a bin fills whole bit groups of
-    a byte (1, 2, 4 or 8 frames): neighbouring groups are added in place (SWAR popcount: 1+1 bits
-    -> 2-bit counts, 2+2 -> 4-bit, 4+4 -> 8-bit), then each group is one bin."""
+    """voxelize() of pack_frames() output as uint8, without unpacking when a bin fills whole bit
+    groups of a byte (1, 2, 4 or 8 frames): neighbouring groups are added in place (SWAR
+    popcount: 1+1 bits -> 2-bit counts, 2+2 -> 4-bit, 4+4 -> 8-bit), then each group is one bin.
+    The training cache's fast path: on a 224x224 sample ~0.35 ms against ~60 ms to unpack then
+    voxelize() (2-core CPU); tests hold the two equal."""
     k = num_frames // bins                   # frames per bin
     if 8 % k:                                # bins straddle bytes: unpack to frames, then bin
         return voxelize(voxelize_packed(packed, num_frames, num_frames), bins, np.uint8)
@@ -277,13 +342,6 @@ def voxelize_packed(packed, bins, num_frames):
     for g in range(per_byte):
         np.bitwise_and(counts >> (g * k), (1 << k) - 1, out=voxel[:, g])
     return voxel.reshape(-1, *packed.shape[1:])[:bins]
-
-
-def voxelize_on_device(spikes, bins):
-    """The same binning for a torch batch on any device: uint8 spikes [B, F, H, W] -> float32
-    voxel [B, bins, H, W] (F/bins frames summed per bin)."""
-    b, f, h, w = spikes.shape
-    return spikes.reshape(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
 
 
 def _load_field(path, key):
@@ -331,15 +389,17 @@ def numeric_sort_key(filename):
 # sample from the cache costs a few bitwise operations. The cache keeps whole frames (every
 # pixel of the centre num_frames frames), so any crop, any number of bins and the TFP/TFI
 # targets can be taken from it. Layout, one file:
-#   record 0 | record 1 | ... | record N-1 | footer (JSON) | trailer (magic, footer length, crc32)
+#   magic | record 0 | ... | record N-1 | footer (JSON) | trailer (magic, footer length, crc32)
 #   record:  TFI intervals uint16 [H, W] | gt uint8 [H, W] (zeros if none) |
 #            frames packed along time, pack_frames(): uint8 [ceil(num_frames / 8), H, W]
 # The footer names every source file with its size and mtime (a Dataset whose files are not all
-# in it unchanged finds it stale) and holds each record's label and crc32 (checked by each
-# process on its first read of the record). Packing along time lets voxelize_packed() bin without unpacking.
+# in it unchanged finds it stale) and holds each record's label and crc32 (checked when the cache
+# is opened). Packing along time lets voxelize_packed() bin without unpacking. The magic at both
+# ends marks the file as ours: train.py --cache rebuilds only a file of ours (stale, damaged or of
+# other settings), never another file that happens to be at that path.
 
 CACHE_MAGIC = b"SPKCACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _CACHE_TRAILER = struct.Struct("<8sQI")     # magic, footer length, crc32 of the footer
 
 
@@ -385,6 +445,7 @@ def build_cache(cache_path, files, num_frames, num_classes, processes=None):
     encode = functools.partial(_encode_sample, num_frames=num_frames, num_classes=num_classes)
 
     def write(f):
+        f.write(CACHE_MAGIC)
         labels, has_gt, crcs, shape = [], [], [], None
         pool = multiprocessing.Pool(processes) if processes > 1 else None
         try:
@@ -436,9 +497,28 @@ def _read_cache_footer(path):
     meta = json.loads(footer)
     if meta.get("version") != CACHE_VERSION:
         raise CacheError(f"{path}: cache format {meta.get('version')}, this code reads {CACHE_VERSION}")
-    if meta["record_bytes"] * len(meta["sources"]) != size - _CACHE_TRAILER.size - footer_len:
+    if len(CACHE_MAGIC) + meta["record_bytes"] * len(meta["sources"]) != size - _CACHE_TRAILER.size - footer_len:
         raise CacheError(f"{path}: damaged cache (size does not match its {len(meta['sources'])} records)")
     return meta
+
+
+def is_spike_cache(path):
+    """Whether the file at `path` is a cache of ours (damaged or not): the magic at its start or
+    in its trailer (a format-1 cache has only the trailer)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(CACHE_MAGIC)) == CACHE_MAGIC:
+                return True
+            size = os.fstat(f.fileno()).st_size
+            if size < _CACHE_TRAILER.size:
+                return False
+            f.seek(size - _CACHE_TRAILER.size)
+            return f.read(len(CACHE_MAGIC)) == CACHE_MAGIC
+    except OSError:
+        return False
+
+
+_VERIFIED = {}    # (path, inode, size, mtime) -> records whose crc32 this process has checked
 
 
 def _stale_reason(cached, current):
@@ -456,8 +536,8 @@ def _stale_reason(cached, current):
 class SpikeCache:
     """Read side of a cache file for `files`, which it must hold unchanged (it may hold more: a
     Dataset of part of a split reads the split's cache). Opening raises CacheError when the cache
-    is damaged, stale or built for other settings; read() checks a record's crc32 the first time
-    this process reads it."""
+    is damaged (a record of `files` fails its crc32), stale or built for other settings: found
+    at the start, not mid-epoch."""
 
     def __init__(self, path, files, num_frames, num_classes):
         meta = _read_cache_footer(path)
@@ -472,28 +552,38 @@ class SpikeCache:
         self.record_of = [cached[stamp[0]][0] for stamp in current]   # files[i] -> its record
         self.path, self.files, self.num_frames = path, list(files), num_frames
         self.height, self.width, self.record_bytes = meta["height"], meta["width"], meta["record_bytes"]
-        self.labels, self.has_gt, self.crc32 = meta["labels"], meta["has_gt"], meta["crc32"]
+        self.labels, self.has_gt = meta["labels"], meta["has_gt"]
         self._records = None    # uint8 [N, record_bytes], memory-mapped on first read in each process
-        self._verified = None   # bool [N]: records whose crc32 this process has checked
+        self._verify(meta["crc32"])
+
+    def _verify(self, crcs):
+        """Check the crc32 of every record of `files` (~1 s per GB; once per process and file)."""
+        st = os.stat(self.path)
+        done = _VERIFIED.setdefault((os.path.abspath(self.path), st.st_ino, st.st_size, st.st_mtime_ns), set())
+        records = self._map()
+        for i, r in enumerate(self.record_of):
+            if r not in done:
+                if zlib.crc32(records[r]) != crcs[r]:
+                    raise CacheError(f"{self.path}: record {r} ({self.files[i]}) fails its checksum: the "
+                                     f"cache is damaged")
+                done.add(r)
+
+    def _map(self):
+        if self._records is None:
+            records = np.memmap(self.path, np.uint8, "r", offset=len(CACHE_MAGIC),
+                                shape=(len(self.labels), self.record_bytes))
+            self._records = records.view(np.ndarray)   # plain arrays from here on: no memmap overhead
+        return self._records
 
     def __getstate__(self):
         # DataLoader workers map the file themselves (a pickled np.memmap is a full copy)
-        return {**self.__dict__, "_records": None, "_verified": None}
+        return {**self.__dict__, "_records": None}
 
     def read(self, i):
         """Sample i, whole frames -> (packed frames uint8 [ceil(num_frames / 8), H, W] as
         pack_frames() makes them, TFI intervals uint16 [H, W], label, gt uint8 [H, W] or None)."""
-        if self._records is None:
-            records = np.memmap(self.path, np.uint8, "r", shape=(len(self.labels), self.record_bytes))
-            self._records = records.view(np.ndarray)   # plain arrays from here on: no memmap overhead
-            self._verified = np.zeros(len(self.labels), bool)
         r = self.record_of[i]
-        record = self._records[r]
-        if not self._verified[r]:
-            if zlib.crc32(record) != self.crc32[r]:
-                raise CacheError(f"{self.path}: record {r} ({self.files[i]}) fails its checksum: the "
-                                 f"cache is damaged; delete it and it is rebuilt on next use")
-            self._verified[r] = True
+        record = self._map()[r]
         h, w = self.height, self.width
         interval = record[:2 * h * w].view("<u2").reshape(h, w)
         gt = record[2 * h * w:3 * h * w].reshape(h, w) if self.has_gt[r] else None
@@ -513,12 +603,17 @@ class UHSRDataset(Dataset):
       tfp, tfi float32 [1, S, S]    baselines / pseudo-targets (only with with_baselines=True)
       index   int                   the file's numeric index
     `bins` is 50 for direct encoding; temporal encoding with T steps asks for 50*T bins.
+    `rate`: the camera's firing rate of a white pixel, when known (simulated data): TFP/TFI are
+    then intensity estimates count / frames / rate; without it (real captures) they are
+    normalised to their 99.5th percentile (utils.tfp).
     With `cache_path`, samples are read from that decoded cache of the files (SpikeCache: the
-    same items for >10x less CPU), which is built first when missing, stale or damaged.
+    same items for >10x less CPU), which is built first when missing, stale or damaged; a file
+    at that path which is not a cache of ours is refused (CacheError), never replaced.
     """
 
     def __init__(self, data_root, data_type, split, bins=UHSR_BINS, num_frames=UHSR_FRAMES,
-                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False, cache_path=None):
+                 crop_size=CROP_SIZE, with_baselines=False, files=None, augment=False, cache_path=None,
+                 rate=None):
         if data_type not in CLASS_NAMES:
             raise ValueError(f"data_type must be one of {sorted(CLASS_NAMES)}, got {data_type!r}")
         self.data_type = data_type
@@ -529,7 +624,7 @@ class UHSRDataset(Dataset):
         if num_frames >= 2 ** 16:   # TFP counts are uint16
             raise ValueError(f"num_frames {num_frames}: at most 65535 frames per sample")
         self.bins, self.num_frames, self.crop_size = bins, num_frames, crop_size
-        self.with_baselines, self.augment = with_baselines, augment
+        self.with_baselines, self.augment, self.rate = with_baselines, augment, rate
         if files is None:
             if not os.path.isdir(self.root):
                 raise SpikeDataError(
@@ -540,13 +635,18 @@ class UHSRDataset(Dataset):
         if not files:
             raise SpikeDataError(f"{self.root}: no .npz files")
         self.files = list(files)
+        check_archives(self.files)     # a truncated file is found now, not at the end of an epoch
         self.cache = self._open_cache(cache_path) if cache_path else None
 
     def _open_cache(self, path):
+        """The cache at `path`; built when missing, rebuilt when it is ours but cannot serve."""
         settings = (self.files, self.num_frames, len(self.class_names))
         try:
             return SpikeCache(path, *settings)
         except CacheError as e:
+            if os.path.lexists(path) and not is_spike_cache(path):
+                raise CacheError(f"{path}: exists and is not a spike cache; it is left as it is (choose "
+                                 f"another --cache FILE, or move it aside)") from None
             print(f"{e}: building it from {len(self.files)} files", flush=True)
         t0 = time.perf_counter()
         build_cache(path, *settings)
@@ -563,12 +663,12 @@ class UHSRDataset(Dataset):
         if self.cache is None:
             spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
             spk, gt = self.view([center_window(spk, self.num_frames, path), gt], path)
-            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index)
+            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index, self.rate)
         packed, intervals, label, gt = self.cache.read(i)
         packed, gt, intervals = self.view([packed, gt, intervals], path)
         voxel = voxelize_packed(packed, self.bins, self.num_frames)
         return item_from_voxel(voxel, self.num_frames, gt, label, self.class_names, index,
-                               intervals if self.with_baselines else None)
+                               intervals if self.with_baselines else None, self.rate)
 
     def view(self, arrays, path):
         """The crop of arrays [..., H, W] (None stays None) the model sees: the centre, or with
@@ -578,16 +678,17 @@ class UHSRDataset(Dataset):
         return [None if x is None else center_crop(x, self.crop_size, path) for x in arrays]
 
 
-def make_item(spk, gt, label, class_names, bins, with_baselines, index):
+def make_item(spk, gt, label, class_names, bins, with_baselines, index, rate=None):
     """One training/evaluation sample from spikes [T, S, S] and gt uint8 [S, S] (or None);
     the dict UHSRDataset documents."""
     return item_from_voxel(voxelize(spk, bins, np.uint8), len(spk), gt, label, class_names, index,
-                           tfi_interval(spk) if with_baselines else None)
+                           tfi_interval(spk) if with_baselines else None, rate)
 
 
-def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None):
+def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None, rate=None):
     """make_item() from the voxel uint8 [bins, S, S] of num_frames frames; with the per-pixel
-    TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames."""
+    TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames
+    (divided by `rate` when it is given, else normalised)."""
     s = voxel.shape[-1]
     item = {
         "voxel": torch.from_numpy(voxel),
@@ -599,6 +700,6 @@ def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_interv
                else torch.from_numpy(gt.astype(np.float32) / 255.0)[None]),
     }
     if tfi_intervals is not None:
-        item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames))[None]
-        item["tfi"] = torch.from_numpy(tfi_from_interval(tfi_intervals))[None]
+        item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames, rate))[None]
+        item["tfi"] = torch.from_numpy(tfi_from_interval(tfi_intervals, rate))[None]
     return item

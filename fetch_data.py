@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from dataset import (CLASS_NAMES, CROP_SIZE, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, load_npz,
                      numeric_sort_key)
-from utils import InputError, atomic_write, report_input_error
+from utils import InputError, atomic_write, check_output_folder, report_input_error
 
 SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
 CALTECH_TRAIN_LAST = 4999          # U-CALTECH: index 0-4999 train, 5000+ test (SPEC §2)
@@ -407,6 +407,7 @@ def main(argv=None):
     wanted = DATASET_CHOICES[args.dataset]
     try:
         if args.download_file:
+            check_output_folder(args.data_root, "--data_root")
             organise(args.download_file, args.data_root, wanted)
     except InputError as e:
         return report_input_error(e)

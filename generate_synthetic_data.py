@@ -18,14 +18,19 @@ the seed and the split, shared by every sample of that split.
 Output: `<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` with `spk` uint8 [T,250,250],
 `label` int64, `label_name` (the source file, as in UHSR) and `gt` uint8 [250,250], the clean
 centre frame. Train files are numbered 0..N-1 and test files continue from N (as U-CALTECH).
+`<data_root>/U-<type>/simulation.json` records the settings the files were made with (camera,
+light, frames, seed, source, counts): a rerun with the same settings completes an interrupted
+one, a rerun with other settings is refused unless --overwrite (which replaces the files).
 
     python generate_synthetic_data.py --dataset cifar --num_train 20 --num_test 5
     python generate_synthetic_data.py --dataset cifar --source_dir ../shared/datasets/cifar10-test
 """
 import argparse
 import dataclasses
+import json
 import multiprocessing as mp
 import os
+import re
 import sys
 
 import numpy as np
@@ -35,7 +40,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset import CLASS_NAMES, DATASET_CHOICES, DATASET_DIRS, UHSR_FRAMES, class_index, make_item
-from utils import InputError, atomic_write, non_negative_int, positive_float, positive_int, report_input_error
+from utils import (InputError, atomic_write, atomic_write_json, check_output_folder, non_negative_int, positive_float,
+                   positive_int, report_input_error)
 
 FRAME_SIZE = 250  # UHSR frames are 250x250
 DATASET_SEEDS = {"CIFAR": 10, "CALTECH": 101}   # mixed into each sample's seed
@@ -75,10 +81,11 @@ LIGHT = {
     # (0-48 px) and independently moving cut-outs (0-72 px), which the rigid drift lacked.
     "normal": CameraConfig(rate=0.6, photons_per_threshold=1000.0, motion_px=(0.0, 48.0),
                            frame_hw=(250, 400), brightness=(0.5, 1.0), layers=(0, 3),
-                           layer_px=(0.0, 72.0), rotation_deg=20.0, zoom=0.2),
+                           layer_px=(0.0, 72.0), rotation_deg=20.0, zoom=0.2, photo_scale=(0.25, 0.75)),
     # UHSR-like dark captures: mean firing rate ~0.03 for natural images (mean grey ~0.45)
     "low": CameraConfig(rate=0.065),
 }
+DEFAULT_LIGHT = "low"   # of this script and of train.py --simulate_from: the UHSR captures are dark
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,8 +416,20 @@ def procedural_image(class_idx, rng, size=128):
 # ----------------------------------------------------------------------------------------------
 # Sources: lists of (label, label_name, loader) per class
 
+def check_image(path):
+    """Open and decode the image at `path` (a JPEG at 1/8 scale: ~1 ms) -> InputError naming it
+    when it is not a whole image, found when its folder is opened instead of hours into a run."""
+    try:
+        with Image.open(path) as img:
+            img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))   # only JPEG uses it
+            img.load()
+    except Exception as e:     # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
 def folder_source(source_dir, data_type):
-    """ImageFolder layout <dir>/<class>/<image>; class folders mapped to UHSR labels by name."""
+    """ImageFolder layout <dir>/<class>/<image>; class folders mapped to UHSR labels by name.
+    Every image is decoded once here (check_image)."""
     aliases = {"carside": "car", "faceseasy": "faces", "backgroundgoogle": "background"}
     per_class, unknown = {}, []
     for folder in sorted(os.listdir(source_dir)):
@@ -431,6 +450,9 @@ def folder_source(source_dir, data_type):
                          f"(expected names like {CLASS_NAMES[data_type][:4]}...)")
     if not per_class:
         raise InputError(f"{source_dir}: no class folders with images")
+    for paths in per_class.values():
+        for path in paths:
+            check_image(path)
     return {label: [("file", p) for p in paths] for label, paths in per_class.items()}
 
 
@@ -623,6 +645,68 @@ def build_tasks(sources, data_type, out_root, num_train, num_test, seed, cfg, nu
     return tasks
 
 
+SETTINGS_FILE = "simulation.json"
+KILLED_RUN_TEMP = re.compile(r"\d+\.npz\.[a-z0-9_]{8}\.tmp")
+
+
+def settings_path(data_root, data_type):
+    return os.path.join(data_root, DATASET_DIRS[data_type], SETTINGS_FILE)
+
+
+def read_settings(data_root, data_type):
+    """The settings `<data_root>/U-<type>/` was simulated with (the dict check_settings writes),
+    or None when it holds no record (real data, or no data)."""
+    try:
+        with open(settings_path(data_root, data_type), encoding="utf-8") as f:
+            settings = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{settings_path(data_root, data_type)}: unreadable settings record ({e})") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{settings_path(data_root, data_type)}: not a settings record")
+    return settings
+
+
+def recorded_rate(data_root, data_type):
+    """The firing rate of a white pixel of the camera `<data_root>/U-<type>/` was simulated with,
+    or None (no record: real captures, whose rate is unknown)."""
+    return ((read_settings(data_root, data_type) or {}).get("camera") or {}).get("rate")
+
+
+def baseline_convention(rate, source):
+    """One line saying how TFP/TFI are scaled."""
+    if rate is None:
+        return "TFP/TFI normalised to their 99.5th percentile (the camera's rate is not known)"
+    return f"TFP/TFI = spike count / frames / rate {rate:g} ({source}), clipped to [0, 1]"
+
+
+def check_settings(data_root, data_type, settings, overwrite):
+    """Before any file is written: a data folder holding files made with other settings (or with
+    none recorded) is refused, or with --overwrite emptied -> how many of its files are kept."""
+    old = read_settings(data_root, data_type)
+    folders = [os.path.join(data_root, DATASET_DIRS[data_type], split) for split in ("train", "test")]
+    names = [(d, f) for d in folders if os.path.isdir(d) for f in os.listdir(d)]
+    for d, f in names:
+        if KILLED_RUN_TEMP.fullmatch(f):      # utils.atomic_write's temp file of a killed run
+            os.remove(os.path.join(d, f))
+    files = [os.path.join(d, f) for d, f in names if f.endswith(".npz")]
+    if old == settings:
+        return len(files)
+    if (files or old is not None) and not overwrite:
+        where = os.path.join(data_root, DATASET_DIRS[data_type])
+        if old is None:
+            why = f"holds {len(files)} .npz files with no {SETTINGS_FILE} (real data, or an older version's)"
+        else:
+            diff = [f"{k} {old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)]
+            why = f"was simulated with other settings: {'; '.join(diff)}"
+        raise InputError(f"{where} {why}; choose another --data_root, or --overwrite to replace its files")
+    for path in files:
+        os.remove(path)
+    return 0
+
+
 def builtin_source(data_type, per_class):
     return {label: [("builtin", f"{label}_{k}") for k in range(per_class)]
             for label in range(len(CLASS_NAMES[data_type]))}
@@ -654,7 +738,7 @@ def main(argv=None):
                                          "(class folders named like the dataset's classes)")
     src.add_argument("--torchvision", metavar="DOWNLOAD_DIR",
                      help="use torchvision CIFAR-10 (test split) / Caltech-101, downloaded here")
-    p.add_argument("--light", choices=sorted(LIGHT), default="low",
+    p.add_argument("--light", choices=sorted(LIGHT), default=DEFAULT_LIGHT,
                    help="low: UHSR-like dark captures (mean rate ~0.03); normal: REDS-like (0.6)")
     p.add_argument("--rate", type=positive_float, help="override the light regime's white-pixel firing rate")
     p.add_argument("--no_noise", action="store_true",
@@ -663,6 +747,9 @@ def main(argv=None):
                    help="frame size: N for N x N or HxW (default: the light regime's sensor, "
                         "250x250 UHSR for low light, 250x400 Vidar for normal light)")
     p.add_argument("--workers", type=positive_int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of a data folder simulated with other settings (or with "
+                        "none recorded); without it such a folder is refused")
     args = p.parse_args(argv)
     try:
         return generate(p, args)
@@ -673,6 +760,7 @@ def main(argv=None):
 def generate(p, args):
     if args.source_dir and args.dataset == "both":
         p.error("--source_dir holds one dataset's classes: use --dataset cifar or caltech")
+    check_output_folder(args.data_root, "--data_root")
     cfg = dataclasses.replace(LIGHT[args.light])
     if args.rate is not None:
         cfg.rate = args.rate
@@ -681,18 +769,30 @@ def generate(p, args):
                                   threshold_jitter=0, hot_pixel_fraction=0)
     data_types = DATASET_CHOICES[args.dataset]
 
+    frame_hw = args.frame_size or cfg.frame_hw
+    source = (["source_dir", os.path.abspath(args.source_dir)] if args.source_dir else
+              ["torchvision", os.path.abspath(args.torchvision)] if args.torchvision else ["builtin"])
+    settings = {data_type: json.loads(json.dumps({
+        "dataset": data_type, "light": args.light, "camera": dataclasses.asdict(cfg), "frame_hw": frame_hw,
+        "num_frames": args.num_frames, "seed": args.seed, "source": source, "num_train": args.num_train,
+        "num_test": args.num_test})) for data_type in data_types}          # tuples -> lists, as read back
+    sources = {}
+    for data_type in data_types:     # every check before the first file is touched
+        if args.source_dir:
+            sources[data_type] = folder_source(args.source_dir, data_type)
+        elif args.torchvision:
+            sources[data_type] = torchvision_source(data_type, args.torchvision)
+        else:
+            sources[data_type] = builtin_source(data_type, args.num_train + args.num_test)
+    kept = sum(check_settings(args.data_root, t, settings[t], args.overwrite) for t in data_types)
     tasks = []
     for data_type in data_types:
-        if args.source_dir:
-            sources = folder_source(args.source_dir, data_type)
-        elif args.torchvision:
-            sources = torchvision_source(data_type, args.torchvision)
-        else:
-            sources = builtin_source(data_type, args.num_train + args.num_test)
-        tasks += build_tasks(sources, data_type, args.data_root, args.num_train, args.num_test,
-                             args.seed, cfg, args.num_frames, args.frame_size or cfg.frame_hw)
-    print(f"simulating {len(tasks)} samples ({args.light} light, rate {cfg.rate}, "
-          f"{args.num_frames} frames) into {args.data_root} with {args.workers} workers")
+        tasks += build_tasks(sources[data_type], data_type, args.data_root, args.num_train, args.num_test,
+                             args.seed, cfg, args.num_frames, frame_hw)
+        atomic_write_json(settings[data_type], settings_path(args.data_root, data_type))
+    print(f"simulating {len(tasks) - kept} samples ({args.light} light, rate {cfg.rate}, "
+          f"{args.num_frames} frames{f'; {kept} made before with these settings are kept' if kept else ''}) "
+          f"into {args.data_root} with {args.workers} workers")
     if args.workers > 1:
         # fork: the workers need only numpy, and spawning would re-import torch in each one
         context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"

@@ -319,6 +319,10 @@ def percentiles(times_ms):
 
 E_MAC_PJ = 4.6  # 45 nm, 32-bit float multiply-accumulate (Horowitz 2014)
 E_AC_PJ = 0.9   # 45 nm, 32-bit float accumulate
+ENERGY_MODEL = (f"45 nm CMOS arithmetic only (Horowitz 2014): fp32 MAC {E_MAC_PJ} pJ, AC {E_AC_PJ} pJ; "
+                f"memory traffic, membrane updates and voxelisation are not counted; conv1 and the "
+                f"linear skip as MACs as the fast path runs them (direct encoding: once per image), "
+                f"layers fed by spikes as ACs at the measured firing rates")
 
 
 def _conv_out(size, conv, dim):
@@ -373,12 +377,14 @@ def synaptic_ops(model, input_shape, firing_rates):
 
     firing_rates: the mean spike rate of each LIF layer ([4] for SpikingLRN, from
     model(x, return_rates=True)); empty / None for the plain CNN.
-    SNN: layer 1 sees the analog voxel, so its MACs * T are charged as MACs (4.6 pJ each);
-    layer l >= 2 sees the spikes of LIF layer l-1, so it performs rate_{l-1} * MACs_l * T
-    accumulates (SOPs, 0.9 pJ each). ANN: every MAC at 4.6 pJ, no SOPs.
+    SNN: layer 1 sees the analog voxel, so it is charged as MACs (4.6 pJ each) as often as the
+    fast path runs it: once per image for direct encoding (the same input at every step), T
+    times for temporal encoding; layer l >= 2 sees the spikes of LIF layer l-1, so it performs
+    rate_{l-1} * MACs_l * T accumulates (SOPs, 0.9 pJ each). ANN: every MAC at 4.6 pJ, no SOPs.
+    The assumptions are ENERGY_MODEL.
 
     Returns {"layers": [{name, macs, input_rate, ops, op}], "mac_ops", "sops",
-    "theoretical_energy_mj", "e_mac_pj", "e_ac_pj"}; all counts per image.
+    "theoretical_energy_mj", "e_mac_pj", "e_ac_pj", "energy_model"}; all counts per image.
     """
     macs = count_macs(model, input_shape)
     t = macs["time_steps"]
@@ -390,9 +396,10 @@ def synaptic_ops(model, input_shape, firing_rates):
     if spiking and len(rates) != len(macs["layers"]) - 1:
         raise ValueError(f"{len(macs['layers'])} conv layers need {len(macs['layers']) - 1} "
                          f"firing rates (one per LIF layer), got {len(rates)}")
+    first_runs = t if getattr(model, "encoding", "direct") == "temporal" else 1
     for i, layer in enumerate(macs["layers"]):
         if not spiking or i == 0:
-            rate, ops, op = None, float(layer["macs"] * t), "MAC"
+            rate, ops, op = None, float(layer["macs"] * (first_runs if spiking else t)), "MAC"
             mac_ops += ops
         else:
             rate = rates[i - 1]
@@ -406,7 +413,8 @@ def synaptic_ops(model, input_shape, firing_rates):
                        "ops": float(macs["skip_macs"]), "op": "MAC"})
     energy_pj = mac_ops * E_MAC_PJ + sops * E_AC_PJ
     return {"layers": layers, "mac_ops": mac_ops, "sops": sops,
-            "theoretical_energy_mj": energy_pj * 1e-9, "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ}
+            "theoretical_energy_mj": energy_pj * 1e-9, "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ,
+            "energy_model": ENERGY_MODEL}
 
 
 class NvmlEnergyMeter:

@@ -30,6 +30,7 @@ Two implementations of this one function share the same parameters:
 import hashlib
 import math
 import os
+import re
 
 import torch
 import torch.nn as nn
@@ -180,7 +181,8 @@ class SpikingLRN(nn.Module):
                 "channels": [c.out_channels for c in self.convs], "linear_skip": self.skip is not None}
 
     def _step_inputs(self, x):
-        """[B, C, H, W] -> per-step inputs: [1, B, 50, H, W] (direct) or [T, B, 50, H, W]."""
+        """[B, C, H, W] -> per-step inputs: [1, B, 50, H, W] (direct) or [T, B, 50, H, W]
+        (temporal: the T*50 bins in time order, step t its bins [50t, 50t+50); dataset.voxelize)."""
         if x.dim() != 4 or x.shape[1] != self.input_channels:
             raise ValueError(f"expected input [B, {self.input_channels}, H, W] "
                              f"({self.encoding} encoding, T={self.time_steps}), got {list(x.shape)}")
@@ -196,8 +198,14 @@ class SpikingLRN(nn.Module):
         else:
             image, rates = self._forward_fast(x)
         if self.skip is not None:
-            image = image + self.skip(x)
+            image = image + self.linear_path(x)
         return (image, rates) if return_rates else image
+
+    def linear_path(self, x):
+        """The linear skip alone, the spiking readout left out: voxel [B, C, H, W] -> [B, 1, H, W]
+        (a 3x3 conv of the whole window's bins). A fitted linear filter of the spikes, the
+        baseline the spiking layers must beat."""
+        return self.skip(x)
 
     # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
     def _forward_snntorch(self, x):
@@ -304,7 +312,7 @@ class SpikingLRN(nn.Module):
         (steps()) and its voxel [B, C, H, W] (the linear skip's input): what forward() computes
         from zero membranes, and the output frame of a stream with the state carried."""
         image = readouts.mean(0)
-        return image if self.skip is None else image + self.skip(voxel)
+        return image if self.skip is None else image + self.linear_path(voxel)
 
     @torch.no_grad()
     def step(self, x_t, state):
@@ -412,11 +420,15 @@ def load_checkpoint(path, map_location="cpu"):
     layout, whatever the file is called), which comes back wrapped as one of ours."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):   # torch.save: a zip archive (before PyTorch 1.6: a pickle)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+                              f"{'is empty' if not head else f'starts with {head!r}'})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CheckpointError(f"{path}: {_load_failure(e)}") from e
     if is_bare_state_dict(ckpt):
         mismatch = original_layout_mismatch(ckpt)
         if mismatch:
@@ -430,6 +442,20 @@ def load_checkpoint(path, map_location="cpu"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: checkpoint has no '{key}'")
     return ckpt
+
+
+def _load_failure(e):
+    """What a failed torch.load(weights_only=True) means, in our words: PyTorch's own message
+    advises loading with weights_only=False, which would run whatever code the file holds."""
+    text = str(e)
+    if "weights only load failed" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return (f"holds pickled Python objects{f' ({found.group(1)})' if found else ''}, not only tensors "
+                f"and plain values: checkpoints are read without running code from them, so it cannot be used")
+    first = text.split(". ")[0].splitlines()[0].strip() if text.strip() else ""
+    if "weights_only" in first:
+        first = ""
+    return f"not a readable checkpoint: damaged or truncated ({type(e).__name__}{': ' + first if first else ''})"
 
 
 # The original SpikeCLIP LRN (github.com/chenkang455/SpikeCLIP, models.py) is

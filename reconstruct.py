@@ -19,7 +19,8 @@ memory does not grow with its length. Images keep the full frame (250x400 for a 
 Input: a Vidar .dat (--height/--width), a folder of .dat files (one recording in parts, in
 numeric order), or a UHSR .npz. The suffix of --output picks the format: .mp4 (H.264), .png
 (one image: the window in the middle of [--start, --end)), .npy (float32 [N, H, W] in [0, 1]),
-no suffix or an existing folder: a PNG per output frame.
+no suffix or an existing folder: a PNG per output frame. An existing output is replaced only
+with --overwrite.
 
 Exit status 2: unusable input (checkpoint, stream, options). A stream that ends in a partial
 frame is reconstructed up to it and then reported, also with status 2.
@@ -27,7 +28,10 @@ frame is reconstructed up to it and then reported, also with status 2.
 import argparse
 import collections
 import contextlib
+import itertools
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,14 +41,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, load_npz, numeric_sort_key,
-                     voxelize_on_device)
+from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, dat_frame_bytes, dat_frame_count, load_npz,
+                     numeric_sort_key, unpack_dat_frames, voxelize)
 from models import SpikingLRN, load_checkpoint, model_from_checkpoint, model_name, to_image
-from utils import (InputError, atomic_write, non_negative_int, pick_device, positive_float, positive_int,
-                   report_input_error, tfi, tfp)
+from utils import (InputError, atomic_output, atomic_write, check_output_folder, non_negative_int, pick_device,
+                   positive_float, positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
 
 WINDOW = UHSR_FRAMES    # spike frames behind one output frame: the networks' training window
-VIDEO_QUALITY = 7       # imageio-ffmpeg's 0-10 scale; 7 is libx264 -crf 15, near lossless
+VIDEO_CRF = 15          # libx264 quality (0 lossless - 51): 15 is near lossless
 
 
 def get_args(argv=None):
@@ -76,6 +80,8 @@ def get_args(argv=None):
     g.add_argument("--side_by_side", action="store_true",
                    help="each image gets TFP and TFI of the same window as columns on its left "
                         "(and an .npz sample's ground truth on its right)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output (a folder: its PNG frames are removed first)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", choices=["fp32", "bf16"],
                    help="precision of the network's convolutions (default: bf16 on CUDA, fp32 on the CPU)")
@@ -89,17 +95,6 @@ def get_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------
 # Streams: whole frames on demand, unpacked on the device
-
-def unpack_dat_frames(packed, height, width):
-    """Packed Vidar frames uint8 [n, H*W/8] -> spikes uint8 [n, H, W'] on packed's device.
-
-    The layout of dataset.read_dat: pixel p = row*W + col of the vertically flipped frame, in
-    byte p>>3 at bit p&7, least significant bit first; width 416 drops the 16 extra columns."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1                      # [n, H*W/8, 8]
-    spk = bits.view(-1, height, width).flip(1)                       # first stored row = bottom
-    return spk[:, :, :400] if width == 416 else spk
-
 
 class Stream:
     """Spike frames on demand: read(start, stop, device) -> uint8 [n, H, W], the centre
@@ -121,18 +116,12 @@ class DatStream(Stream):
     A file that ends in a partial frame contributes its whole frames; `problems` says so."""
 
     def __init__(self, paths, height, width):
-        if (height * width) % 8:
-            raise InputError(f"--height x --width = {height * width} is not a multiple of 8 "
-                             f"(a .dat frame is a whole number of bytes)")
         self.height, self.width = height, width
         self.full_shape = (height, 400 if width == 416 else width)
-        self.frame_bytes = height * width // 8
+        self.frame_bytes = dat_frame_bytes(height, width)
         self.parts, self.problems, self.num_frames = [], [], 0     # parts: (path, first, count)
         for path in paths:
-            size = os.path.getsize(path)
-            count, extra = divmod(size, self.frame_bytes)
-            if size == 0:
-                raise SpikeDataError(f"{path}: empty file")
+            count, extra = dat_frame_count(path, height, width)
             if extra:
                 self.problems.append(
                     f"{path}: ends in a partial frame ({extra} of {self.frame_bytes} bytes) after "
@@ -210,7 +199,7 @@ def sliding_frames(model, stream, first, num_out, stride, batch, device, autocas
     """Every window on its own, `batch` windows per call."""
     starts = [first + j * stride for j in range(num_out)]
     for i in range(0, num_out, batch):
-        voxel = voxelize_on_device(read_windows(stream, starts[i:i + batch], device), model.input_channels)
+        voxel = voxelize(read_windows(stream, starts[i:i + batch], device), model.input_channels, dim=1)
         with torch.inference_mode(), autocast():
             images = to_image(model(voxel).float())
         yield from images[:, 0]
@@ -241,7 +230,7 @@ def carried_frames(model, stream, first, num_out, stride, batch, device, autocas
     for s in range(0, num_steps, batch):
         k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
-        voxel = voxelize_on_device(frames.reshape(k, step_frames, h, w), model.in_bins)
+        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)
         with torch.inference_mode(), autocast():
             readouts, state = model.steps(voxel[:, None], state)     # [k, 1, 1, H, W]
         for t in range(s, s + k):
@@ -258,8 +247,12 @@ def is_stateful(model, sliding):
 
 
 # ----------------------------------------------------------------------------------------------
-# Writers: .mp4, .npy and single .png appear only when complete (temp file + rename); a PNG
-# sequence writes each frame atomically.
+# Writers: .mp4, .npy and a single .png go through utils.atomic_output (they appear complete
+# under their name, or not at all); a PNG sequence writes each frame atomically.
+
+FRAME_NAME = re.compile(r"\d{6}\.png")                       # a frame of a PNG sequence
+FRAME_TEMP = re.compile(r"\d{6}\.png\.[a-z0-9_]{8}\.tmp")     # one a killed run left half-written
+
 
 def to_uint8(image):
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -269,79 +262,43 @@ def save_png(path, image):
     atomic_write(path, lambda f: Image.fromarray(to_uint8(image)).save(f, format="PNG"))
 
 
-class VideoWriter:
-    """H.264 .mp4 through the ffmpeg binary that the imageio-ffmpeg wheel ships."""
+class Mp4Encoder:
+    """H.264 .mp4 by the ffmpeg binary that the imageio-ffmpeg wheel ships, fed raw grey frames
+    on its stdin. ffmpeg's exit status is checked (imageio-ffmpeg's writer ignores it: a full
+    disk gave a truncated video and no error)."""
 
     def __init__(self, path, height, width, fps):
         import imageio_ffmpeg
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp.mp4", dir=folder)
-        os.close(fd)
         self.path = path
         self.pad = ((0, height % 2), (0, width % 2))        # yuv420p needs even sides: repeat an edge
-        size = (width + width % 2, height + height % 2)
-        self.encoder = imageio_ffmpeg.write_frames(self.tmp, size, pix_fmt_in="gray", fps=fps,
-                                                   codec="libx264", quality=VIDEO_QUALITY,
-                                                   macro_block_size=1, ffmpeg_log_level="error")
-        self.encoder.send(None)
+        self.log = tempfile.TemporaryFile()                 # ffmpeg's messages (a pipe could fill up)
+        self.process = subprocess.Popen(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
+             "-pix_fmt", "gray", "-s", f"{width + width % 2}x{height + height % 2}", "-r", f"{fps}",
+             "-i", "-", "-an", "-c:v", "libx264", "-crf", str(VIDEO_CRF), "-pix_fmt", "yuv420p",
+             "-f", "mp4", path], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def write(self, image):
-        self.encoder.send(np.ascontiguousarray(np.pad(to_uint8(image), self.pad, mode="edge")))
+        try:
+            self.process.stdin.write(np.ascontiguousarray(np.pad(to_uint8(image), self.pad, mode="edge")))
+        except BrokenPipeError:       # ffmpeg stopped: finish() says why
+            self.finish()
 
-    def close(self):
-        self.encoder.close()
-        os.replace(self.tmp, self.path)
+    def finish(self):
+        """Wait for ffmpeg to write the file; OSError naming the output when it failed."""
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.close()
+        status = self.process.wait()
+        self.log.seek(0)
+        message = " ".join(self.log.read().decode(errors="replace").split())[-300:]
+        self.log.close()
+        if status != 0:
+            raise OSError(f"{self.path}: ffmpeg failed (exit status {status}): {message or 'no message'}")
 
-    def discard(self):
-        with contextlib.suppress(Exception):
-            self.encoder.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-class NpyWriter:
-    """float32 [N, H, W] written frame by frame after its header (N is known in advance)."""
-
-    def __init__(self, path, num_frames, height, width):
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        self.path, self.file = path, os.fdopen(fd, "wb")
-        np.lib.format.write_array_header_1_0(self.file, {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-            "shape": (num_frames, height, width)})
-
-    def write(self, image):
-        self.file.write(np.ascontiguousarray(image, dtype=np.float32).tobytes())
-
-    def close(self):
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self):
-        self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-class PngWriter:
-    """One .png (single=True) or a folder of <index>.png."""
-
-    def __init__(self, path, single):
-        self.path, self.single, self.count = path, single, 0
-        if not single:
-            os.makedirs(path, exist_ok=True)
-
-    def write(self, image):
-        save_png(self.path if self.single else os.path.join(self.path, f"{self.count:06d}.png"), image)
-        self.count += 1
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
 
 
 def output_kind(path):
@@ -353,14 +310,58 @@ def output_kind(path):
     return ext[1:]
 
 
+def check_output(path, kind, overwrite):
+    """Before any work: an existing output is replaced only with --overwrite. Removes the temp
+    files that killed runs left for this output."""
+    if kind != "folder":
+        if os.path.isdir(path):
+            raise InputError(f"--output {path}: is a folder, not a .{kind} file")
+        if os.path.exists(path) and not overwrite:
+            raise InputError(f"--output {path}: exists; pass --overwrite to replace it")
+        remove_stale_temp_files(path)
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--output {path}: exists and is not a folder (a PNG sequence needs one)")
+    names = os.listdir(path) if os.path.isdir(path) else []
+    if any(FRAME_NAME.fullmatch(f) for f in names) and not overwrite:
+        raise InputError(f"--output {path}: holds the PNG frames of an earlier run; pass --overwrite "
+                         f"to replace them")
+    for f in names:
+        if FRAME_TEMP.fullmatch(f):
+            os.remove(os.path.join(path, f))
+
+
+@contextlib.contextmanager
 def open_writer(kind, path, num_frames, height, width, fps):
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    if kind == "mp4":
-        return VideoWriter(path, height, width, fps)
-    if kind == "npy":
-        return NpyWriter(path, num_frames, height, width)
-    return PngWriter(path, single=kind == "png")
+    """-> write(image [height, width] in [0, 1]); the output is complete at `path` when the block
+    ends without an exception. A PNG sequence first removes the frames of an earlier run."""
+    if kind == "folder":
+        os.makedirs(path, exist_ok=True)
+        for f in os.listdir(path):
+            if FRAME_NAME.fullmatch(f):
+                os.remove(os.path.join(path, f))
+        count = itertools.count()
+        yield lambda image: save_png(os.path.join(path, f"{next(count):06d}.png"), image)
+        return
+    with atomic_output(path) as tmp:
+        if kind == "mp4":
+            encoder = Mp4Encoder(tmp, height, width, fps)
+            try:
+                yield encoder.write
+            except BaseException:
+                encoder.kill()
+                raise
+            encoder.finish()
+            return
+        with open(tmp, "wb") as f:
+            if kind == "png":
+                yield lambda image: Image.fromarray(to_uint8(image)).save(f, format="PNG")
+                return
+            # .npy: float32 [N, H, W] written frame by frame after its header (N is known)
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                "shape": (num_frames, height, width)})
+            yield lambda image: f.write(np.ascontiguousarray(image, dtype=np.float32).tobytes())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,6 +390,9 @@ def frame_range(args, stream):
 
 def run(args):
     kind = output_kind(args.output)
+    check_output_folder(args.output if kind == "folder" else os.path.dirname(os.path.abspath(args.output)),
+                        "--output", args.output)
+    check_output(args.output, kind, args.overwrite)
     ckpt = load_checkpoint(args.checkpoint)
     device = pick_device(args.device)
     model = model_from_checkpoint(ckpt, args.checkpoint).to(device).eval()
@@ -419,23 +423,19 @@ def run(args):
                                  device, autocast)
     else:
         frames = sliding_frames(model, stream, first, num_out, args.stride, batch, device, autocast)
-    writer = open_writer(kind, args.output, num_out, h, w * (1 + columns), args.fps)
     t0 = time.perf_counter()
     bar = tqdm(total=num_out, unit="frame", desc=os.path.basename(stream.name.rstrip("/")) or stream.name,
                dynamic_ncols=True, mininterval=0.5)
     try:
-        for j, image in enumerate(frames):
-            image = image.cpu().numpy()
-            if args.side_by_side:
-                image = side_by_side(image, stream, first + j * args.stride)
-            writer.write(image)
-            bar.update(1)
-            bar.set_postfix_str(f"{real_time(bar.n, args, time.perf_counter() - t0):.3g}x real time",
-                                refresh=False)
-        writer.close()
-    except BaseException:
-        writer.discard()
-        raise
+        with open_writer(kind, args.output, num_out, h, w * (1 + columns), args.fps) as write:
+            for j, image in enumerate(frames):
+                image = image.cpu().numpy()
+                if args.side_by_side:
+                    image = side_by_side(image, stream, first + j * args.stride)
+                write(image)
+                bar.update(1)
+                bar.set_postfix_str(f"{real_time(bar.n, args, time.perf_counter() - t0):.3g}x real time",
+                                    refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

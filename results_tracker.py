@@ -10,7 +10,8 @@ File (default ./experiment_results.json): {"format": "spikeclip-snn-results", "v
 "runs": [record, ...]}. A bare JSON list of records (what the seed wrote) is read as version 0
 and rewritten in the current format on the next append. Appends are atomic and locked, so
 several processes can append at once; a file that cannot be read is reported and never
-overwritten.
+overwritten. Records the listing cannot place (no known kind, a dataset that is not text) are
+named on stderr and left out.
 
 A record, as the scripts write it (readers cope with any field missing):
   id, timestamp (UTC ISO 8601)   added by append_record
@@ -23,10 +24,13 @@ A record, as the scripts write it (readers cope with any field missing):
                                  LRN)", "the original SpikeCLIP LRN" (the authors' weights)
   kind "train" (train.py):       train = {"stage_epochs": [coarse, prompt, fine], "history":
                                  [{"stage", "epoch", "val_score", "train_<term>": ...}],
-                                 "best_val_score": lowest final-stage validation loss,
+                                 "best_val_score": the validation loss of the checkpoint
+                                 (checkpoint_best.pth), "best_stage" that selected it,
+                                 "best_epoch" (epochs of that stage done),
                                  "hq_bank": str, "world_size": int}
-  kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M}, M holding top1,
-                                 top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
+  kind "evaluate" (evaluate.py): metrics = {<arch>: M, "tfp": M, "tfi": M, and for a network
+                                 with a linear skip "linear": M, that fitted filter alone}, M
+                                 holding top1, top5 (fractions), niqe, brisque, piqe, psnr, ssim; and
                                  num_samples, iqa_variant, input_size, firing_rates, device
   kind "benchmark" (test.py):    benchmark = {"device", "latency_ms": {"median", "p90", "p99",
                                  ...}, "throughput": {"<batch>": images/s},
@@ -39,12 +43,14 @@ then the lowest niqe. --metric NAME ranks by NAME instead. Ties go to the lower 
 line per dataset names the rule used.
 """
 import argparse
+import contextlib
 import csv
 import fcntl
 import json
 import math
 import os
 import sys
+import tempfile
 import uuid
 from datetime import datetime, timezone
 
@@ -88,8 +94,12 @@ class ResultsFileError(InputError):
     """The results file exists but cannot be used; it has been left exactly as it was."""
 
     def __init__(self, path, problem):
-        super().__init__(f"{path}: {problem}. The file was left untouched; move it aside "
-                         f"(e.g. mv {path} {path}.bak) to start a new one, or repair it by hand.")
+        if os.path.isfile(path):
+            advice = (f"The file was left untouched; move it aside (e.g. mv {path} {path}.bak) to start a "
+                      f"new one, or repair it by hand.")
+        else:   # a folder, a device such as /dev/null, a pipe, or a path not there yet
+            advice = "Choose another --results_file (a JSON file in a writable folder; created if missing)."
+        super().__init__(f"{path}: {problem}. {advice}")
 
 
 # --------------------------------------------------------------------------- reading / writing
@@ -97,6 +107,8 @@ class ResultsFileError(InputError):
 def load_records(path=RESULTS_FILE):
     """All records in `path`, oldest first; [] when there is no file yet. No lock: writers
     replace the file atomically, so a reader sees a whole old file or a whole new one."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ResultsFileError(path, "not a regular file")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -123,14 +135,38 @@ def load_records(path=RESULTS_FILE):
 
 
 def check_results_file(path=RESULTS_FILE):
-    """Before a long job: the file must be readable as a results file and its folder writable,
-    so that the job's record is not lost at the end."""
-    load_records(path)
+    """Before a long job, what append_record() does at its end, short of writing: take the
+    lock, read the file as a results file, create (and remove) a temp file beside it. So the
+    job's record is not lost at the end."""
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ResultsFileError(path, "its folder does not exist or is not writable")
+    if not os.path.isdir(folder):
+        raise InputError(f"--results_file {path}: its folder does not exist")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ResultsFileError(path, "the file is not writable")
+        raise InputError(f"--results_file {path}: the file is not writable")
+    with _locked(path):
+        load_records(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise InputError(f"--results_file {path}: cannot write in its folder ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive flock on `path + ".lock"` (a sidecar: the data file is replaced on every
+    write, and a lock on a replaced inode protects nothing)."""
+    try:
+        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f"--results_file {path}: cannot create its lock file {path}.lock "
+                         f"({e.strerror})") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock_fd)   # releases the flock
 
 
 def _json_safe(value, where, warnings):
@@ -149,8 +185,8 @@ def _json_safe(value, where, warnings):
 def append_record(record, path=RESULTS_FILE):
     """Append one record to `path` and return it (a copy, with id and timestamp filled in).
 
-    The read-modify-write runs under an exclusive flock on `path + ".lock"` (a sidecar: the data
-    file is replaced on every write, and a lock on a replaced inode protects nothing)."""
+    The read-modify-write runs under the lock of _locked(); check_results_file() tries the same
+    steps before a long job."""
     warnings = record.get("warnings") or []
     warnings = [warnings] if isinstance(warnings, str) else list(warnings)
     record = _json_safe(dict(record), "", warnings)
@@ -159,15 +195,11 @@ def append_record(record, path=RESULTS_FILE):
     record.setdefault("id", uuid.uuid4().hex)
     record.setdefault("timestamp", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     record = json.loads(json.dumps(record))   # fail on values JSON cannot hold before touching the file
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _locked(path):
         runs = load_records(path) + [record]   # re-read under the lock: others may have appended
         text = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": runs},
                           indent=1, ensure_ascii=False) + "\n"
         atomic_write(path, lambda f: f.write(text), mode="w")
-    finally:
-        os.close(lock_fd)   # releases the flock
     return record
 
 
@@ -200,14 +232,28 @@ def clip_status(row):
 
 def merge_runs(records):
     """One row per (run_name, dataset), from its latest record of each kind, in order of first
-    appearance; records whose kind is unknown are skipped."""
+    appearance; records that cannot be placed (left_out() says which and why) are skipped."""
     groups = {}
     for rec in records:
-        kind = _kind(rec)
-        if kind is not None:
+        if _why_left_out(rec) is None:
             key = (str(rec.get("run_name") or "(unnamed)"), rec.get("dataset"))
-            groups.setdefault(key, {})[kind] = rec      # later records replace earlier ones
+            groups.setdefault(key, {})[_kind(rec)] = rec      # later records replace earlier ones
     return [_row(name, dataset, latest) for (name, dataset), latest in groups.items()]
+
+
+def _why_left_out(rec):
+    if _kind(rec) is None:
+        return f"no known kind (\"kind\" is none of {', '.join(KINDS)}, and no payload tells it)"
+    dataset = rec.get("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        return f"\"dataset\" is a {type(dataset).__name__}, not text"
+    return None
+
+
+def left_out(records):
+    """A line for each record merge_runs() skips: record number, run name, why."""
+    return [f"record {i + 1} (run {str(rec.get('run_name') or '(unnamed)')!r}): {why}"
+            for i, rec in enumerate(records) for why in [_why_left_out(rec)] if why]
 
 
 def _row(name, dataset, latest):
@@ -337,7 +383,8 @@ def _flatten(value, prefix, out):
 
 def compare_rows(a, b):
     """[{field, a, b, diff (B - A), better}] over every field of either run. No "better" for
-    accuracy when either run used a random CLIP: that accuracy is not a semantic result."""
+    accuracy when either run used a random CLIP: that accuracy is not a semantic result; nor
+    for best_val_score of checkpoints chosen in different stages (different losses)."""
     def fields(row):
         out = {k: row[k] for k in ("dataset", "date", *IDENTITY, "clip_status")}
         out["warnings"] = "; ".join(row["warnings"]) or None
@@ -347,6 +394,7 @@ def compare_rows(a, b):
         return out
     fa, fb = fields(a), fields(b)
     random_clip = "random" in (a["clip_status"], b["clip_status"])
+    other_loss = fa.get("train.best_stage") != fb.get("train.best_stage")   # stages' losses differ
     table = []
     for field in dict.fromkeys(list(fa) + list(fb)):
         va, vb = fa.get(field), fb.get(field)
@@ -355,7 +403,8 @@ def compare_rows(a, b):
         diff = better = None
         if _number(va) and _number(vb):
             diff = vb - va
-            if higher is not None and not (random_clip and names[-1] in ACCURACY):
+            if higher is not None and not (random_clip and names[-1] in ACCURACY) \
+                    and not (other_loss and names[-1] == "best_val_score"):
                 better = "=" if diff == 0 else "B" if (diff > 0) == higher else "A"
         table.append({"field": field, "a": va, "b": vb, "diff": diff, "better": better})
     return table
@@ -399,9 +448,12 @@ def main(argv=None):
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     args = p.parse_args(argv)
     try:
-        rows = merge_runs(load_records(args.file))
+        records = load_records(args.file)
     except InputError as e:
         return report_input_error(e)
+    rows = merge_runs(records)
+    for line in left_out(records):   # on stderr: stdout stays parseable
+        print(f"note: {args.file}: {line}; left out", file=sys.stderr)
     if args.dataset is not None:
         wanted = DATASET_DIRS.get(args.dataset.lower(), args.dataset)
         rows = [r for r in rows if r["dataset"] == wanted]

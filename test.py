@@ -27,14 +27,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHSRDataset, one_dataset,
-                     voxelize_on_device)
+                     voxelize)
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
-from generate_synthetic_data import procedural_streams
-from metrics import NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
+from generate_synthetic_data import baseline_convention, procedural_streams, read_settings, recorded_rate
+from metrics import ENERGY_MODEL, NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
 from models import load_checkpoint, model_from_checkpoint, model_name, scored_image
 from results_tracker import RESULTS_FILE, append_record, check_results_file
-from utils import (InputError, format_count, non_negative_int, pick_device, positive_float, positive_int,
-                   report_input_error, spike_image)
+from utils import (InputError, check_output_folder, format_count, non_negative_int, pick_device, positive_float,
+                   positive_int, report_input_error, spike_image)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
@@ -227,8 +227,10 @@ def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
 
 def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
     """Panels of --num_samples samples spread evenly over --split (first and last included)."""
+    rate = recorded_rate(args.data_root, data_type)
     dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=crop,
-                          with_baselines=True)
+                          with_baselines=True, rate=rate)
+    print("panels:", baseline_convention(rate, "the data root's simulated camera"))
     n = min(args.num_samples, len(dataset))
     picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
     written = []
@@ -268,10 +270,23 @@ def benchmark_spikes(batch, size, seed=0):
                         .to(torch.uint8) for _ in range(batch)])
 
 
-def rate_voxels(args, data_type, size, bins):
-    """Voxels the firing rates are measured on: up to RATE_SAMPLES of --split cropped to `size`,
-    or streams from the camera simulator when that data is missing or its frames are smaller
-    -> (voxel, description)."""
+def training_light(ckpt, data_type):
+    """The simulated camera ('low' / 'normal') the checkpoint was trained on, or None when its
+    data is not known to be simulated (real captures, or the data root is gone)."""
+    opt = ckpt.get("opt") or {}
+    if opt.get("simulate_from"):
+        return opt.get("light")
+    try:
+        return (read_settings(opt["data_root"], data_type) or {}).get("light") if opt.get("data_root") else None
+    except InputError:
+        return None
+
+
+def rate_voxels(args, ckpt, data_type, size, bins):
+    """Voxels the firing rates are measured on, the data the figures are about: up to
+    RATE_SAMPLES of --split cropped to `size`; when that data is missing or its frames are
+    smaller, streams of the camera simulator with the camera the checkpoint was trained on
+    -> (voxel, description), or (None, why) when that camera is not known either."""
     try:
         dataset = UHSRDataset(args.data_root, data_type, args.split, bins=bins, crop_size=size)
         n = min(RATE_SAMPLES, len(dataset))
@@ -280,12 +295,17 @@ def rate_voxels(args, data_type, size, bins):
         return voxel, f"{DATASET_DIRS[data_type]}/{args.split}: {len(picks)} samples at {size}x{size}"
     except SpikeDataError as e:
         why = str(e).splitlines()[0]
-        print(f"  firing rates: no usable data ({why}); measuring them on {RATE_SAMPLES} simulated "
-              f"low-light streams instead", flush=True)
-        spikes = torch.from_numpy(procedural_streams(RATE_SAMPLES, size))
-        return (voxelize_on_device(spikes, bins),
-                f"{RATE_SAMPLES} simulated low-light streams of the procedural classes at {size}x{size} "
-                f"(no usable data: {why})")
+    light = training_light(ckpt, data_type)
+    if light is None:
+        print(f"  firing rates: no usable data ({why}), and the checkpoint's training camera is not "
+              f"known: no SOPs or theoretical energy (pass --data_root)", flush=True)
+        return None, f"not measured: no usable data ({why}) and no known training camera"
+    print(f"  firing rates: no usable data ({why}); measuring them on {RATE_SAMPLES} simulated "
+          f"{light}-light streams (the checkpoint's training camera) instead", flush=True)
+    spikes = torch.from_numpy(procedural_streams(RATE_SAMPLES, size, light=light))
+    return (voxelize(spikes, bins, dim=1),
+            f"{RATE_SAMPLES} simulated {light}-light streams (the checkpoint's training camera) of the "
+            f"procedural classes at {size}x{size} (no usable data: {why})")
 
 
 def warm_up_and_announce(name, fn, calls, warmup):
@@ -311,25 +331,28 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     spikes = benchmark_spikes(max_batch, size).to(device)
     with torch.inference_mode():
         # firing rates (they decide the synaptic operations)
-        rate_in, rate_source = rate_voxels(args, data_type, size, bins)
-        _, rates = runner(runner.prepare(rate_in), return_rates=True)
-        rates = [float(r) for r in rates.float().cpu()]
+        rates, rate_source = [], "n/a (ANN)"
+        if arch == "snn":
+            rate_in, rate_source = rate_voxels(args, ckpt, data_type, size, bins)
+            if rate_in is not None:
+                _, rates = runner(runner.prepare(rate_in), return_rates=True)
+                rates = [float(r) for r in rates.float().cpu()]
 
-        voxel1 = runner.prepare(voxelize_on_device(spikes[:1], bins))
+        voxel1 = runner.prepare(voxelize(spikes[:1], bins, dim=1))
         spk1 = spikes[:1]
         warm_up_and_announce("latency, batch 1", lambda: runner(voxel1), 2 * runs, THROUGHPUT_WARMUP)
         lat = percentiles(latency_ms(lambda: runner(voxel1), runs, device, WARMUP_RUNS))
-        lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize_on_device(spk1, bins))),
+        lat_vox = percentiles(latency_ms(lambda: runner(runner.prepare(voxelize(spk1, bins, dim=1))),
                                          runs, device, WARMUP_RUNS))
         throughput, throughput_vox = {}, {}
         for b in batches:
             calls = max(3, math.ceil(runs / b))
-            vox = runner.prepare(voxelize_on_device(spikes[:b], bins))
+            vox = runner.prepare(voxelize(spikes[:b], bins, dim=1))
             spk_b = spikes[:b]
             warm_up_and_announce(f"throughput, batch {b}", lambda: runner(vox), 2 * calls, THROUGHPUT_WARMUP)
             throughput[str(b)] = images_per_second(lambda: runner(vox), b, calls, device)
             throughput_vox[str(b)] = images_per_second(
-                lambda: runner(runner.prepare(voxelize_on_device(spk_b, bins))), b, calls, device)
+                lambda: runner(runner.prepare(voxelize(spk_b, bins, dim=1))), b, calls, device)
             del vox
 
         energy, energy_note = None, "n/a (no NVML: CPU run)"
@@ -340,14 +363,14 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
                 index = device.index or 0
             print(f"  energy: a sustained run of {args.energy_seconds:.0f} s at batch {max_batch}", flush=True)
             meter = NvmlEnergyMeter(index)
-            vox = runner.prepare(voxelize_on_device(spikes, bins))
+            vox = runner.prepare(voxelize(spikes, bins, dim=1))
             energy, energy_note = meter.measure(
                 lambda: runner(vox), max_batch, seconds=args.energy_seconds,
                 sync=lambda: torch.cuda.synchronize(device))
             meter.close()
 
     macs = count_macs(model, (bins, size, size))
-    ops = synaptic_ops(model, (bins, size, size), rates if arch == "snn" else None)
+    ops = synaptic_ops(model, (bins, size, size), rates) if arch == "ann" or rates else None
     params = sum(p.numel() for p in model.parameters())
     buf = io.BytesIO()
     torch.save(ckpt["model"], buf)
@@ -371,11 +394,11 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
         "weights_bytes": len(buf.getvalue()), "checkpoint_bytes": os.path.getsize(args.checkpoint),
         "macs": macs["total"], "macs_per_step": macs["per_step"],
         "macs_executed": macs["executed_fast"] if args.backend == "fast" else macs["total"],
-        "sops": ops["sops"], "mac_ops": ops["mac_ops"],
-        "theoretical_energy_mj": ops["theoretical_energy_mj"],
+        "sops": ops and ops["sops"], "mac_ops": ops and ops["mac_ops"],
+        "theoretical_energy_mj": ops and ops["theoretical_energy_mj"], "energy_model": ENERGY_MODEL,
         "firing_rates": dict(zip(layer_names, rates)), "firing_rates_input": rate_source,
     }
-    print_benchmark(bench, ops)
+    print_benchmark(bench)
     record = {"run_name": run_name, "kind": "benchmark", "dataset": f"U-{data_type}",
               "checkpoint": os.path.abspath(args.checkpoint), "arch": arch, "model": model_name(model.config()),
               **{k: clip_info.get(k) for k in ("clip_model", "clip_weights", "clip_random_init")},
@@ -385,7 +408,7 @@ def run_benchmark(args, runner, ckpt, data_type, crop, run_name, clip_info):
     return bench
 
 
-def print_benchmark(b, ops):
+def print_benchmark(b):
     lat, lv = b["latency_ms"], b["latency_ms_with_voxelisation"]
     rows = [
         ("device", b["device"]),
@@ -402,11 +425,13 @@ def print_benchmark(b, ops):
                             f"{b['checkpoint_bytes'] / 1e6:.3f} MB)"),
         ("MACs / image", f"{format_count(b['macs'])} = T x {format_count(b['macs_per_step'])} per step "
                          f"({b['backend']} backend executes {format_count(b['macs_executed'])})"),
-        ("firing rates", "  ".join(f"{k} {v:.4f}" for k, v in b["firing_rates"].items()) or "n/a (ANN)"),
+        ("firing rates", "  ".join(f"{k} {v:.4f}" for k, v in b["firing_rates"].items()) or "n/a"),
         ("  measured on", b["firing_rates_input"]),
-        ("SOPs / image", f"{format_count(b['sops'])} AC + {format_count(b['mac_ops'])} MAC"),
-        ("theoretical energy", f"{b['theoretical_energy_mj']:.4f} mJ/image (45 nm: MAC "
-                               f"{ops['e_mac_pj']} pJ, AC {ops['e_ac_pj']} pJ)"),
+        ("SOPs / image", "n/a" if b["sops"] is None else
+                         f"{format_count(b['sops'])} AC + {format_count(b['mac_ops'])} MAC"),
+        ("theoretical energy", "n/a" if b["theoretical_energy_mj"] is None else
+                               f"{b['theoretical_energy_mj']:.4f} mJ/image"),
+        ("  energy model", b["energy_model"]),
     ]
     if b["energy_mj_per_image"] is not None or b["avg_power_w"] is not None:
         per_img = (f"{b['energy_mj_per_image']:.4f} mJ/image above idle"
@@ -449,6 +474,7 @@ def run(args):
           f"{device_name(device)}, dtype {dtype_name}")
 
     if args.num_samples:
+        check_output_folder(args.output_dir, "--output_dir")
         os.makedirs(args.output_dir, exist_ok=True)
         labeller = Labeller(args, ckpt, CLASS_NAMES[data_type], device)
         dataset_panels(args, runner, labeller, arch, data_type, crop, bins)

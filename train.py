@@ -2,17 +2,18 @@
 
   1. coarse:  recon_weight * L1(out, pseudo-target) + clip_weight * CE(zero-shot logits, label)
   2. prompt:  only the quality prompts learn: prompt_weight * CE separating high-quality images
-              (an unpaired bank) from low-quality ones (stage-1 reconstructions, TFP, TFI)
+              (an unpaired bank, --hq_dir) from low-quality ones (stage-1 reconstructions, TFP, TFI)
   3. fine:    clip_weight * CE(class) + prompt_weight * CE(quality -> high) +
               recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out)
 The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, when the data
 has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
-one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN. Validation score: the current stage's own weighted loss on the validation split (lower
-is better); it drives --early_stop and checkpoint_best.pth.
+one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN.
+Validation score: the current stage's own weighted loss on the validation split (lower is
+better); it drives --early_stop and checkpoint_best.pth.
 --stateful K trains stage 1 of a temporal-encoding SNN for streaming: K consecutive windows of
 one simulated recording in a row, the membranes carried as reconstruct.py carries them.
 
-    python train.py --dataset cifar --exp_name cifar_snn --epochs 10
+    python train.py --dataset cifar --exp_name cifar_snn --epochs 10 --hq_dir HQ_IMAGES
     torchrun --nproc_per_node=2 train.py --dataset cifar --exp_name cifar_ddp ...
 """
 import argparse
@@ -37,16 +38,16 @@ from tqdm import tqdm
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
                      default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
-from generate_synthetic_data import LIGHT, SimulatedStreams
+from generate_synthetic_data import DEFAULT_LIGHT, LIGHT, SimulatedStreams
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
-                    load_checkpoint, model_from_checkpoint, model_name, to_image)
+                    file_sha256, load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
-from utils import (InputError, atomic_torch_save, atomic_write_json, comparison_grid, non_negative_float,
-                   non_negative_int, open_fraction, pick_device, positive_float, positive_int, report_input_error,
-                   seed_everything, unit_interval)
+from utils import (InputError, atomic_torch_save, atomic_write_json, check_output_folder, comparison_grid,
+                   folder_name, non_negative_float, non_negative_int, open_fraction, pick_device, positive_float,
+                   positive_int, remove_stale_temp_files, report_input_error, seed_everything, unit_interval)
 
 STAGES = ("coarse", "prompt", "fine")
-HQ_BANK_SIZE = 512   # clean training images kept as the unpaired high-quality bank
+HQ_BANK_SIZE = 512   # images kept as the unpaired high-quality bank
 LOG_EVERY = 10       # steps between progress-bar / TensorBoard updates (each one syncs the GPU)
 
 
@@ -63,15 +64,19 @@ def build_parser():
                    help="train on streams simulated on the fly from the photographs in IMAGE_DIR (class "
                         "folders), a new capture per item; --data_root's train files then serve only for "
                         "validation, and their and the test files' source images are never trained on")
-    g.add_argument("--light", choices=sorted(LIGHT), default="normal",
-                   help="camera of --simulate_from: normal (Vidar 250x400, rate 0.6) or low (UHSR 250x250)")
+    g.add_argument("--light", choices=sorted(LIGHT), default=DEFAULT_LIGHT,
+                   help="camera of --simulate_from, as generate_synthetic_data.py's (default: "
+                        f"{DEFAULT_LIGHT}): low (UHSR 250x250) or normal (Vidar 250x400, rate 0.6); it must "
+                        "match the validation files' firing rate, which is checked")
     g.add_argument("--epoch_size", type=positive_int,
                    help="items per epoch with --simulate_from (default: the number of source images)")
     g.add_argument("--augment", action="store_true",
                    help="train on a random crop of each stream with a random flip and 90-degree rotation "
                         "(validation keeps the centre crop)")
-    g.add_argument("--hq_dir", help="folder of high-quality images (any layout) for the quality prompts; "
-                                    "default: the clean gt images of the training set, shuffled (unpaired)")
+    g.add_argument("--hq_dir", help="folder of high-quality images (any layout), unrelated to the training "
+                                    "scenes, from which the quality prompts learn 'high quality' (stage 2). "
+                                    "Without it the training scenes' own clean images stand in - ground "
+                                    "truth, which SpikeCLIP does without - and the run says so")
     g.add_argument("--num_workers", type=non_negative_int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
                    help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "
                         "data side's bottleneck, so use all spare cores")
@@ -100,7 +105,7 @@ def build_parser():
     g.add_argument("--random_clip_terms", action="store_true",
                    help="keep the CLIP class and quality losses when CLIP has random weights. By default "
                         "they are switched off then (they are noise that pulls the image away from the data) "
-                        "and the prompt stage is skipped; use this only to exercise the pipeline")
+                        "and stage 1 takes the coarse and fine epochs; use this only to exercise the pipeline")
     g = p.add_argument_group("schedule and losses")
     g.add_argument("--epochs", type=non_negative_int, default=10, help="total epochs, split 40/20/40%% over the "
                                                           "stages unless --epochs_* are given")
@@ -126,14 +131,15 @@ def build_parser():
     g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
                                      "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
-    g.add_argument("--exp_name", default="default", help="run folder exp/<exp_name>/")
+    g.add_argument("--exp_name", type=folder_name, default="default", help="run folder <exp_root>/<exp_name>/")
     g.add_argument("--exp_root", default="exp")
     g.add_argument("--results_file", default=RESULTS_FILE, help="where the run's record is appended")
     g.add_argument("--resume", action="store_true",
                    help="continue exp/<exp_name> from checkpoint_last.pth with the run's options; typed "
                         "options that say how to run (--data_root, --num_workers, --device, --backend, "
                         "--no_amp, --compile, --cache) or the schedule (--epochs*, --early_stop, --patience) "
-                        "replace the run's, any other typed option must equal the run's")
+                        "replace the run's, any other typed option must equal the run's. A finished run "
+                        "given more epochs of its last stage trains them (e.g. --resume --epochs_fine 5)")
     g.add_argument("--early_stop", action="store_true", help="end a stage when the validation score "
                                                              "has not improved for --patience epochs")
     g.add_argument("--patience", type=positive_int, default=3)
@@ -150,13 +156,25 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if (args.recon_target == "teacher") != (args.teacher is not None):
         p.error("--recon_target teacher and --teacher PATH go together")
+    if args.encoding == "temporal" and UHSR_FRAMES % (UHSR_BINS * args.time_steps):
+        fits = [t for t in range(1, UHSR_FRAMES // UHSR_BINS + 1) if UHSR_FRAMES % (UHSR_BINS * t) == 0]
+        p.error(f"--encoding temporal --time_steps {args.time_steps}: each step takes its own {UHSR_BINS}-bin "
+                f"slice of the {UHSR_FRAMES}-frame window, so {UHSR_BINS} x T must divide {UHSR_FRAMES} "
+                f"(T = {', '.join(map(str, fits))})")
+    if args.simulate_from and not os.path.isdir(args.simulate_from):
+        p.error(f"--simulate_from {args.simulate_from}: no such folder")
     if args.stateful and not args.resume:
         check_stateful_options(p, args)
     args.explicit = typed_options(p, argv)
-    try:   # a resumed run's epochs are settled against the run's own in resume_args()
-        args.stage_epochs = None if args.resume else stage_epochs(args)
-    except InputError as e:
-        p.error(str(e))
+    args.stage_epochs = None   # a resumed run settles its schedule against the run's own (start_or_resume)
+    if not args.resume:
+        given = [args.epochs_coarse, args.epochs_prompt, args.epochs_fine]
+        if None in given and given != [None] * 3:
+            p.error("give all of --epochs_coarse, --epochs_prompt, --epochs_fine (or none)")
+        try:
+            args.stage_epochs = requested_epochs(args)
+        except InputError as e:
+            p.error(str(e))
     return args
 
 
@@ -167,9 +185,7 @@ def check_stateful_options(parser, args):
              "--epochs_prompt 0 --epochs_fine 0": args.epochs_prompt == 0 and args.epochs_fine == 0,
              "--clip_weight 0 (or --clip_pretrained none)":
                  args.clip_weight == 0 or (args.clip_pretrained == "none" and not args.random_clip_terms),
-             "one process": int(os.environ.get("WORLD_SIZE", "1")) == 1,
-             f"--time_steps dividing {UHSR_FRAMES} frames into steps of whole bins":
-                 UHSR_FRAMES % args.time_steps == 0 and (UHSR_FRAMES // args.time_steps) % UHSR_BINS == 0}
+             "one process": int(os.environ.get("WORLD_SIZE", "1")) == 1}
     missing = [k for k, ok in needs.items() if not ok]
     if missing:
         parser.error(f"--stateful {args.stateful} trains stage 1 of a temporal SNN on simulated recordings "
@@ -190,22 +206,18 @@ def typed_options(parser, argv):
     return sorted(vars(typed))
 
 
-def stage_epochs(args, run_epochs=None):
-    """Epochs of (coarse, prompt, fine). A new run: the explicit --epochs_*, or --epochs split
-    40/20/40. A resumed run: its own (run_epochs), or the split of a typed --epochs, with each
-    typed --epochs_* in its stage's place."""
+def requested_epochs(args):
+    """Epochs of (coarse, prompt, fine) the options ask for: each given --epochs_*, the other
+    stages their share of --epochs split 40/20/40."""
     given = [args.epochs_coarse, args.epochs_prompt, args.epochs_fine]
-    if run_epochs is None and None in given and given != [None] * 3:
-        raise InputError("give all of --epochs_coarse, --epochs_prompt, --epochs_fine (or none)")
-    if run_epochs is None or "epochs" in args.explicit:
-        if args.epochs < 3 and None in given:
-            raise InputError("--epochs must be >= 3 (one per stage), or give --epochs_coarse/prompt/fine")
-        prompt = max(1, round(args.epochs * 0.2))
-        coarse = max(1, round((args.epochs - prompt) / 2))
-        run_epochs = [coarse, prompt, args.epochs - prompt - coarse]
-    epochs = [g if g is not None else e for g, e in zip(given, run_epochs)]
-    if any(e < 0 for e in epochs) or sum(epochs) == 0:
-        raise InputError("stage epochs must be >= 0 and not all 0")
+    if None in given and args.epochs < 3:
+        raise InputError("--epochs must be >= 3 (one per stage), or give --epochs_coarse/prompt/fine")
+    prompt = max(1, round(args.epochs * 0.2))
+    coarse = max(1, round((args.epochs - prompt) / 2))
+    split = [coarse, prompt, args.epochs - prompt - coarse]
+    epochs = [s if g is None else g for g, s in zip(given, split)]
+    if sum(epochs) == 0:
+        raise InputError("stage epochs must not all be 0")
     return epochs
 
 
@@ -213,15 +225,16 @@ def stage_epochs(args, run_epochs=None):
 # Distributed set-up: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK
 
 def setup_distributed(device_name):
+    device = pick_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return pick_device(device_name), 0, 1
+        return device, 0, 1
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"), rank, world
+    if device.type == "cuda":   # one GPU per process: the process's local rank picks it
+        device = pick_device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +258,7 @@ def simulated_train_set(args, val_files, bins):
         used |= {load_label_name(os.path.join(test_dir, f)) for f in os.listdir(test_dir) if f.endswith(".npz")}
     train_set = SimulatedStreams(args.simulate_from, args.data_type, LIGHT[args.light], args.crop_size, bins,
                                  UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed)
+    check_same_camera(train_set, val_files, args.light)
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")
@@ -255,12 +269,47 @@ def simulated_train_set(args, val_files, bins):
     return train_set
 
 
-def load_image_folder(folder, size, limit=HQ_BANK_SIZE, seed=0):
-    """Any folder of images (searched recursively) -> grey bank [N, 1, size, size] in [0,1]."""
+CAMERA_SAMPLES = 4        # items of each side that are compared
+CAMERA_RATE_RATIO = 3.0   # the lights' white-pixel rates differ ~9x (0.6 vs 0.065)
+
+
+def check_same_camera(train_set, val_files, light):
+    """The network learns absolute intensity from the spike counts, so streams simulated with
+    one camera and validation files made with another (e.g. --light normal beside low-light
+    files) make the validation score meaningless. Compare the cameras' firing rate per unit of
+    scene intensity (spikes over the clean image: the white-pixel rate, whatever the scenes'
+    brightness), or the plain mean firing rate when the files have no clean image."""
+    def rates(dataset):
+        items = [dataset[i] for i in range(min(CAMERA_SAMPLES, len(dataset)))]
+        spikes = float(np.mean([it["voxel"].float().mean() for it in items])) / (UHSR_FRAMES / UHSR_BINS)
+        gt = float(np.mean([it["gt"].mean() for it in items])) if all(it["has_gt"] for it in items) else None
+        return spikes, gt
+
+    with torch.random.fork_rng(devices=[]):   # the simulator draws from torch's RNG: leave the run's alone
+        torch.manual_seed(0)
+        simulated, simulated_gt = rates(train_set)
+    files, files_gt = rates(val_files)
+    what = "mean firing rate"
+    if files_gt and simulated_gt:
+        simulated, files, what = simulated / simulated_gt, files / files_gt, "firing rate per unit of intensity"
+    if max(simulated, files) > CAMERA_RATE_RATIO * max(min(simulated, files), 1e-6):
+        others = [name for name in sorted(LIGHT) if name != light]
+        raise InputError(f"--light {light}: streams simulated from --simulate_from have a {what} of "
+                         f"{simulated:.3f}, the validation files of {val_files.root} {files:.3f} - another "
+                         f"camera; pass the --light they were made with (generate_synthetic_data.py --light; "
+                         f"here {' or '.join(others)})")
+
+
+def image_paths(folder):
+    """The image files under folder (searched recursively), sorted."""
     exts = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.lower().endswith(exts))
-    if not paths:
-        raise InputError(f"--hq_dir {folder}: no images found")
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.lower().endswith(exts))
+
+
+def load_images(paths, size, what, limit=HQ_BANK_SIZE, seed=0):
+    """A shuffled subset of image files -> grey bank [N, 1, size, size] in [0,1] (resized so the
+    short side is `size`, centre-cropped)."""
+    paths = list(paths)
     random.Random(seed).shuffle(paths)
     images = []
     for path in paths[:limit]:
@@ -268,7 +317,7 @@ def load_image_folder(folder, size, limit=HQ_BANK_SIZE, seed=0):
             with Image.open(path) as img:
                 img = img.convert("L")
         except OSError as e:
-            raise InputError(f"--hq_dir: cannot read {path}: {e}")
+            raise InputError(f"{what}: cannot read {path}: {e}")
         w, h = img.size
         s = size / min(w, h)
         img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
@@ -287,7 +336,7 @@ def gt_bank(files, size, seed, limit=HQ_BANK_SIZE):
             images.append(torch.from_numpy(center_crop(gt, size, files[i]).astype(np.float32) / 255.0)[None])
     if not images:
         raise InputError("the training data has no gt images and no --hq_dir was given: the quality "
-                         "prompts (stages 2 and 3) need a bank of high-quality images")
+                         "prompts (stage 2) need a bank of high-quality images")
     return torch.stack(images)
 
 
@@ -306,18 +355,17 @@ class Teacher:
         self.model = model_from_checkpoint(ckpt, path, backend).to(device).eval().requires_grad_(False)
         self.identity = checkpoint_identity(ckpt, path)
         self.bins = self.model.input_channels
-        # every voxel bins the same 200 frames into equal consecutive bins, so a finer student
-        # voxel sums to the teacher's (T*50 temporal bins -> 50 direct ones); a coarser one cannot
+        # bins of bins are bins (dataset.voxelize): a finer student voxel sums to the teacher's
+        # (T*50 temporal bins -> 50 direct ones); a coarser one cannot
         if student_bins % self.bins:
             raise CheckpointError(f"{path}: the teacher takes a {self.bins}-bin voxel, which the "
                                   f"student's {student_bins}-bin voxel cannot be summed into")
-        self.fold = student_bins // self.bins
 
     @torch.no_grad()
     def __call__(self, voxel):
         """voxel [B, student_bins, H, W] -> the teacher's analog output [B, 1, H, W] (float32)."""
-        if self.fold > 1:
-            voxel = voxel.unflatten(1, (self.bins, self.fold)).sum(2)
+        if voxel.shape[1] != self.bins:
+            voxel = voxelize(voxel, self.bins, dim=1)
         return self.model(voxel).float()
 
 
@@ -366,23 +414,14 @@ class StageLoss:
 
 # ----------------------------------------------------------------------------------------------
 
-def offline_stage_epochs(epochs):
-    """(coarse, prompt, fine) -> the schedule without CLIP: the LRN epochs all in stage 1."""
-    coarse, _, fine = epochs
-    return [coarse + fine, 0, 0]
-
-
-def disable_random_clip_terms(args, clip_info, is_main):
+def switch_off_clip_terms(args, clip_info, is_main):
     """With randomly initialised CLIP the class and quality losses carry no meaning: they are
     noise as large as the reconstruction loss and drive the image away from the data, and a
     refinement stage without them (L1 + TV at a fresh learning rate) scored below its own
-    stage 1 (bench/offline_schedule.py, BENCHMARKS.md). Unless --random_clip_terms, switch the
-    CLIP terms off and give the refinement epochs to stage 1: offline, the run trains the
-    reconstruction alone, and says so."""
-    if not clip_info["clip_random_init"] or args.random_clip_terms:
-        return
+    stage 1 (bench/offline_schedule.py, BENCHMARKS.md). So, unless --random_clip_terms, the
+    CLIP terms are off and stage 1 takes the refinement epochs (start_or_resume folds the
+    schedule): offline, the run trains the reconstruction alone, and says so."""
     args.clip_weight = args.prompt_weight = 0.0
-    args.stage_epochs = offline_stage_epochs(args.stage_epochs)
     note = ("CLIP has random weights: the CLIP class and quality losses are OFF (--clip_weight 0 "
             f"--prompt_weight 0) and the CLIP-guided stages 2 and 3 are skipped; stage 1 trains the "
             f"reconstruction for {args.stage_epochs[0]} epochs (coarse + fine). Pass --random_clip_terms "
@@ -405,7 +444,9 @@ def to_device(batch, device):
     return out
 
 
-def hq_batch(bank, n, generator, device):
+def hq_batch(bank, n, device, generator=None):
+    """n images drawn from the high-quality bank; generator None: torch's global RNG, which every
+    checkpoint saves, so a resumed run draws what an uninterrupted one would."""
     idx = torch.randint(len(bank), (n,), generator=generator)
     return bank[idx].to(device, non_blocking=True)
 
@@ -475,16 +516,41 @@ class RunFolder:
         """A run killed while writing leaves `<file>.<random>.tmp` (utils.atomic_write): remove
         those of this folder's own files, nothing else."""
         for path in (self.last, self.best, self.opt_json):
-            folder, name = os.path.split(path)
-            for f in os.listdir(folder):
-                if f.startswith(name + ".") and f.endswith(".tmp"):
-                    os.remove(os.path.join(folder, f))
+            remove_stale_temp_files(path)
+
+    def load_run(self):
+        """checkpoint_last.pth, refused when it is not this folder's run (e.g. copied from another
+        run folder): resuming it would overwrite the folder's opt.json and checkpoint_best.pth."""
+        ckpt = load_checkpoint(self.last)
+        try:
+            with open(self.opt_json) as f:
+                folder_opt = json.load(f)["opt"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{self.opt_json}: cannot read the run's options ({type(e).__name__}: {e}); "
+                                  f"without them {self.last} cannot be checked to belong to this run") from e
+        ckpt_opt = ckpt.get("opt") or {}
+        if "run_id" in folder_opt and "run_id" in ckpt_opt:
+            if folder_opt["run_id"] != ckpt_opt["run_id"]:
+                raise CheckpointError(
+                    f"{self.last}: belongs to another run (run {ckpt_opt['run_id'][:8]}, exp_name "
+                    f"{ckpt_opt.get('exp_name')!r}) than {self.opt_json} (run {folder_opt['run_id'][:8]}); "
+                    f"was it copied from another run folder?")
+            return ckpt
+        # runs started before run ids existed: their options must agree
+        fixed = sorted(k for k in set(folder_opt) | set(ckpt_opt)
+                       if k not in RUN_OPTIONS + SCHEDULE_OPTIONS + ("explicit", "stage_epochs"))
+        differ = [k for k in fixed if folder_opt.get(k) != ckpt_opt.get(k)]
+        if differ:
+            raise CheckpointError(f"{self.last}: its options disagree with {self.opt_json} ("
+                                  + ", ".join(f"{k}: {ckpt_opt.get(k)!r} vs {folder_opt.get(k)!r}" for k in differ)
+                                  + "); was it copied from another run folder?")
+        return ckpt
 
 
 @dataclasses.dataclass
 class Progress:
     """Where the run stands; saved in every checkpoint, so that --resume continues exactly."""
-    stage: int = 0                  # index into STAGES
+    stage: int = 0                  # index into STAGES (len(STAGES): the run is complete)
     epoch: int = 0                  # epochs of that stage already done
     global_step: int = 0            # optimizer steps over all stages (TensorBoard x-axis)
     best: float = math.inf          # best validation score of the current stage
@@ -496,21 +562,32 @@ class Progress:
         return cls(ckpt["stage"], ckpt["epoch"], ckpt["global_step"], ckpt["early_stop"]["best"],
                    ckpt["early_stop"]["bad_epochs"], ckpt["history"])
 
+    def epochs_run(self):
+        """Epochs each stage has trained -> [coarse, prompt, fine]."""
+        return [sum(h["stage"] == name for h in self.history) for name in STAGES]
+
     def stopped_early(self, args):
         return args.early_stop and self.bad_epochs >= args.patience
 
-    def end_epoch(self, stage, epoch, val_score, train_means):
+    def end_epoch(self, stage, val_score, train_means):
         """Record one epoch -> whether its validation score is the stage's best so far."""
         improved = val_score < self.best
         self.best = min(val_score, self.best)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
-        self.epoch = epoch + 1
-        self.history.append({"stage": stage, "epoch": epoch, "val_score": val_score,
+        self.history.append({"stage": stage, "epoch": self.epoch, "val_score": val_score,
                              **{f"train_{k}": v for k, v in train_means.items()}})
+        self.epoch += 1
         return improved
 
     def next_stage(self):
         self.stage, self.epoch, self.best, self.bad_epochs = self.stage + 1, 0, math.inf, 0
+
+    def reopen(self, stage):
+        """Go back to a stage that has ended, to give it more epochs: its epoch count, best score
+        and epochs without improvement, as they were when it ended, from the history."""
+        scores = [h["val_score"] for h in self.history if h["stage"] == STAGES[stage]]
+        first_best = scores.index(min(scores))
+        self.stage, self.epoch, self.best, self.bad_epochs = stage, len(scores), min(scores), len(scores) - 1 - first_best
 
 
 @dataclasses.dataclass
@@ -526,7 +603,7 @@ class Setup:
     prompts: QualityPrompts
     train_prompts: torch.nn.Module  # the same, DDP-wrapped
     losses: StageLoss
-    bank: torch.Tensor              # high-quality images [N, 1, S, S] for the quality prompts
+    bank: torch.Tensor              # high-quality images [N, 1, S, S] for stage 2, or None
     bank_source: str
     clip_info: dict
     amp_dtype: torch.dtype          # autocast dtype, or None
@@ -544,89 +621,122 @@ class Setup:
 
 
 # ----------------------------------------------------------------------------------------------
-# Build: resume state, data, networks, the high-quality bank
+# A new run or --resume: the options, the schedule and where to start
 
 # --resume: options that say how to run, and the schedule, may change; nothing else may.
 RUN_OPTIONS = ("data_root", "num_workers", "device", "backend", "no_amp", "compile", "cache",
                "exp_root", "exp_name", "resume", "results_file")
 SCHEDULE_OPTIONS = ("epochs", "epochs_coarse", "epochs_prompt", "epochs_fine", "early_stop", "patience")
+STAGE_EPOCH_OPTIONS = ("epochs_coarse", "epochs_prompt", "epochs_fine")
 
 
-def start_or_resume(args, folder):
-    """-> (the options to train with, the checkpoint to resume from or None)."""
-    if not args.resume:
-        if os.path.exists(folder.last):
-            raise InputError(f"{folder.root} already holds a run: pass --resume to continue it, "
-                             f"or choose another --exp_name")
+def start_or_resume(args, folder, device, is_main):
+    """-> (the options to train with, the checkpoint the run continues or None, its Progress,
+    CLIP model, CLIP info). Every rule of a new run and of --resume is here, in this order:
+      1. a new run needs a fresh folder; --resume needs this folder's own checkpoint_last.pth;
+      2. resumed, typed options that say how to run (RUN_OPTIONS) or the schedule
+         (SCHEDULE_OPTIONS) replace the run's; any other typed option must equal the run's
+         (refused, never ignored); the --teacher file must be the one the run started with;
+      3. with random CLIP weights (unless --random_clip_terms; for a resumed run, as at its
+         start) the CLIP terms are off and stage 1 takes the coarse and fine epochs;
+      4. resumed, the stage epochs are the run's, or with a typed --epochs its new split, with
+         each typed --epochs_* in its stage's place. Stages that have trained are fixed, but for
+         the last one: it cannot shrink below the epochs it ran, and given more it trains them
+         (a finished run too: --resume --epochs_fine 5), from its weights with a fresh optimizer.
+         Stages after it may change freely."""
+    typed = args.explicit
+    run = None
+    if args.resume:
+        run = folder.load_run()
+        saved, defaults = run["opt"], build_parser()
+        differ = [k for k in typed if k not in RUN_OPTIONS + SCHEDULE_OPTIONS
+                  and getattr(args, k) != saved.get(k, defaults.get_default(k))]
+        if differ:
+            raise InputError(f"{folder.last}: --resume continues the run with the options it was started with; "
+                             + ", ".join(f"--{k} {getattr(args, k)} (the run has {saved.get(k, defaults.get_default(k))})"
+                                         for k in differ)
+                             + " would change it: start a new --exp_name instead")
+        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in saved.items() if k not in typed},
+                                     "explicit": typed})
+        if "epochs" in typed:   # a typed --epochs replaces the run's own --epochs_* split
+            for k in STAGE_EPOCH_OPTIONS:
+                if k not in typed:
+                    setattr(args, k, None)
+        if args.recon_target == "teacher":
+            teacher_sha = file_sha256(args.teacher) if os.path.isfile(args.teacher) else None
+            if teacher_sha != (run.get("teacher") or {}).get("sha256"):
+                raise CheckpointError(f"{args.teacher}: the teacher file is missing or changed since this run started")
+    elif os.path.exists(folder.last):
+        raise InputError(f"{folder.root} already holds a run: pass --resume to continue it, "
+                         f"or choose another --exp_name")
+    else:
         args.run_id = uuid.uuid4().hex   # ties the folder's opt.json and checkpoints to this run
-        return args, None
-    ckpt = load_checkpoint(folder.last)
-    check_same_run(folder, ckpt)
-    return resume_args(args, ckpt, folder.last), ckpt
+
+    clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
+    offline = (run["clip"] if run else clip_info)["clip_random_init"] and not args.random_clip_terms
+    if run is None:
+        epochs = args.stage_epochs
+    elif any(k in typed for k in ("epochs",) + STAGE_EPOCH_OPTIONS):
+        epochs = requested_epochs(args)
+    else:
+        epochs = run["opt"]["stage_epochs"]
+    if offline:   # (idempotent: a resumed offline run's own schedule is already folded)
+        epochs = [epochs[0] + epochs[2], 0, 0]
+        if not epochs[0]:
+            raise InputError("CLIP has random weights, so only the coarse and fine epochs train (in stage 1), "
+                             "and there are none: give --epochs_coarse or --epochs_fine (or --random_clip_terms)")
+    args.stage_epochs = epochs
+    if offline:
+        switch_off_clip_terms(args, clip_info, is_main)
+    if run is None:
+        return args, None, Progress(), clip_model, clip_info
+
+    planned, progress = run["opt"]["stage_epochs"], Progress.from_checkpoint(run)
+    ran = progress.epochs_run()
+    trained = [i for i, n in enumerate(ran) if n]
+    # the stage still open: the one the run stopped in, or at a stage boundary the last that trained
+    open_stage = progress.stage if progress.epoch or not trained else trained[-1]
+    for i in range(open_stage):
+        if epochs[i] != planned[i]:
+            raise InputError(f"{folder.last}: stage {STAGES[i]} is finished ({planned[i]} epochs), it cannot "
+                             f"have {epochs[i]}; only the last stage that trained ({STAGES[open_stage]}) "
+                             f"and the ones after it can change")
+    if epochs[open_stage] < ran[open_stage]:
+        raise InputError(f"{folder.last}: stage {STAGES[open_stage]} has already run {ran[open_stage]} epochs, "
+                         f"it cannot have {epochs[open_stage]}")
+    reopened = open_stage < progress.stage and epochs[open_stage] > planned[open_stage]
+    if reopened:
+        progress.reopen(open_stage)
+    elif open_stage < progress.stage:   # from the stage after it: one that had 0 epochs may have some now
+        progress.stage = open_stage + 1
+    if progress.epoch == 0 and not any(epochs[progress.stage:]):
+        progress.stage = len(STAGES)
+        if is_main:
+            last = STAGES[trained[-1]]
+            print(f"{folder.root}: the run is complete ({what_ran(ran, offline)}); to train on, resume with "
+                  + ("a larger --epochs" if offline else f"a larger --epochs_{last} (it ran {ran[trained[-1]]})"))
+        return args, run, progress, clip_model, clip_info
+
+    changed = [f"--{k} {getattr(args, k)} (was {run['opt'].get(k)})" for k in RUN_OPTIONS + ("early_stop", "patience")
+               if k in typed and k != "resume" and getattr(args, k) != run["opt"].get(k)]
+    if epochs != planned:
+        changed.append(f"stage epochs {epochs} (was {planned})")
+    if is_main:
+        if changed:
+            print("resuming with " + ", ".join(changed))
+        print(f"resuming {folder.root}: stage {STAGES[progress.stage]}, epoch {progress.epoch}"
+              + (" (a finished stage given more epochs: it trains on from its weights, with a fresh optimizer)"
+                 if reopened else ""))
+    return args, run, progress, clip_model, clip_info
 
 
-def check_same_run(folder, ckpt):
-    """Refuse a checkpoint_last.pth that is not this folder's run (e.g. copied from another run
-    folder): resuming it would overwrite the folder's opt.json and checkpoint_best.pth."""
-    try:
-        with open(folder.opt_json) as f:
-            folder_opt = json.load(f)["opt"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder.opt_json}: cannot read the run's options ({type(e).__name__}: {e}); "
-                              f"without them {folder.last} cannot be checked to belong to this run") from e
-    ckpt_opt = ckpt.get("opt") or {}
-    if "run_id" in folder_opt and "run_id" in ckpt_opt:
-        if folder_opt["run_id"] != ckpt_opt["run_id"]:
-            raise CheckpointError(
-                f"{folder.last}: belongs to another run (run {ckpt_opt['run_id'][:8]}, "
-                f"exp_name {ckpt_opt.get('exp_name')!r}) than {folder.opt_json} (run {folder_opt['run_id'][:8]}); "
-                f"was it copied from another run folder?")
-        return
-    # runs started before run ids existed: their options must agree
-    fixed = sorted(k for k in set(folder_opt) | set(ckpt_opt)
-                   if k not in RUN_OPTIONS + SCHEDULE_OPTIONS + ("explicit", "stage_epochs"))
-    differ = [k for k in fixed if folder_opt.get(k) != ckpt_opt.get(k)]
-    if differ:
-        raise CheckpointError(f"{folder.last}: its options disagree with {folder.opt_json} ("
-                              + ", ".join(f"{k}: {ckpt_opt.get(k)!r} vs {folder_opt.get(k)!r}" for k in differ)
-                              + "); was it copied from another run folder?")
-
-
-def resume_args(args, ckpt, path):
-    """The options a resumed run trains with: the run's own, with the typed RUN_OPTIONS and
-    SCHEDULE_OPTIONS in their place. Any other typed option that differs is refused, never
-    ignored; so are schedules that would change a stage already finished."""
-    saved, defaults = ckpt["opt"], build_parser()
-    changeable = RUN_OPTIONS + SCHEDULE_OPTIONS
-    differ = [k for k in args.explicit
-              if k not in changeable and getattr(args, k) != saved.get(k, defaults.get_default(k))]
-    if differ:
-        raise InputError(f"{path}: --resume continues the run with the options it was started with; "
-                         + ", ".join(f"--{k} {getattr(args, k)} (the run has {saved.get(k, defaults.get_default(k))})"
-                                     for k in differ)
-                         + " would change it: start a new --exp_name instead")
-    merged = {**vars(args), **{k: v for k, v in saved.items() if k not in args.explicit}}
-    merged["explicit"] = args.explicit
-    if "epochs" in args.explicit:   # a typed --epochs replaces the run's own --epochs_* split
-        merged.update({k: None for k in ("epochs_coarse", "epochs_prompt", "epochs_fine") if k not in args.explicit})
-    new_epochs = stage_epochs(argparse.Namespace(**merged), saved["stage_epochs"])
-    if (ckpt.get("clip") or {}).get("clip_random_init") and not saved.get("random_clip_terms"):
-        new_epochs = offline_stage_epochs(new_epochs)   # as disable_random_clip_terms did at the start
-    stage, done = ckpt["stage"], ckpt["epoch"]
-    for i, (new, old) in enumerate(zip(new_epochs, saved["stage_epochs"])):
-        if i < stage and new != old:
-            raise InputError(f"{path}: stage {STAGES[i]} is finished ({old} epochs), it cannot have {new}; "
-                             f"only the current stage and the ones after it can change")
-        if i == stage and new < done:
-            raise InputError(f"{path}: stage {STAGES[i]} has already run {done} epochs, it cannot have {new}")
-    changed = [f"--{k} {merged[k]} (was {saved.get(k)})" for k in RUN_OPTIONS + ("early_stop", "patience")
-               if k in args.explicit and k != "resume" and merged[k] != saved.get(k)]
-    if new_epochs != saved["stage_epochs"]:
-        changed.append(f"stage epochs {new_epochs} (was {saved['stage_epochs']})")
-    if changed and int(os.environ.get("RANK", "0")) == 0:
-        print("resuming with " + ", ".join(changed))
-    merged["stage_epochs"] = new_epochs
-    return argparse.Namespace(**merged)
+def what_ran(ran, offline):
+    """[epochs per stage] -> e.g. 'coarse 4 epochs; prompt and fine did not run (CLIP terms off)'."""
+    text = ", ".join(f"{name} {n} epoch{'' if n == 1 else 's'}" for name, n in zip(STAGES, ran) if n)
+    skipped = [name for name, n in zip(STAGES, ran) if not n]
+    if skipped:
+        text += "; " + " and ".join(skipped) + " did not run" + (" (CLIP terms off)" if offline else "")
+    return text
 
 
 def build_lrn(args, device):
@@ -651,18 +761,19 @@ def build_lrn(args, device):
 
 
 def build_data(args, bins, device, rank, world):
-    """-> (the training files' dataset, indices of the files whose gt images may serve as the
-    high-quality bank, sampler, train loader, validation loader or None)."""
+    """-> (sampler, train loader, validation loader or None)."""
     cache_path = default_cache_path(args.data_root, args.data_type, "train") if args.cache is True else args.cache
     full = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
                        crop_size=args.crop_size, with_baselines=True, cache_path=cache_path)
     if args.simulate_from:
-        train_set, train_idx, val_idx = simulated_train_set(args, full, bins), [], list(range(len(full)))
+        train_set, val_idx = simulated_train_set(args, full, bins), list(range(len(full)))
     else:
         train_idx, val_idx = split_files(full.files, args.val_fraction, args.seed)
         train_set = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
                                 crop_size=args.crop_size, with_baselines=True, augment=args.augment,
                                 files=[full.files[i] for i in train_idx], cache_path=cache_path)
+        if args.recon_target == "gt" and not full[train_idx[0]]["has_gt"]:
+            raise InputError(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
     val_set = Subset(full, val_idx)
     # shuffling depends only on (seed, stage, epoch), so a resumed run sees the same batches
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
@@ -672,18 +783,35 @@ def build_data(args, bins, device, rank, world):
         loader_kw["prefetch_factor"] = 4
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw) if val_idx else None
-    if args.recon_target == "gt" and not args.simulate_from and not full[train_idx[0]]["has_gt"]:
-        raise InputError(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
-    return full, train_idx or val_idx, sampler, train_loader, val_loader
+    return sampler, train_loader, val_loader
 
 
-def build_hq_bank(args, train_files):
-    """The unpaired high-quality images the quality prompts learn from -> (bank, description)."""
+def build_hq_bank(args, train_set, clip_info, is_main):
+    """The unpaired high-quality images stage 2 learns 'high quality' from -> (bank or None,
+    description). Without --hq_dir the training scenes' clean images stand in (the gt of the
+    training files, or the --simulate_from photographs): ground truth, which SpikeCLIP does
+    without, so the run says so loudly and records it among its warnings."""
+    if not (args.stage_epochs[1] and args.prompt_weight):
+        return None, "none (the prompt stage does not run)"
     if args.hq_dir:
-        bank = load_image_folder(args.hq_dir, args.crop_size, seed=args.seed)
+        paths = image_paths(args.hq_dir)
+        if not paths:
+            raise InputError(f"--hq_dir {args.hq_dir}: no images found")
+        bank = load_images(paths, args.crop_size, "--hq_dir", seed=args.seed)
         return bank, f"--hq_dir {args.hq_dir} ({len(bank)} images)"
-    bank = gt_bank(train_files, args.crop_size, args.seed)
-    return bank, f"clean gt images of the training set, shuffled, unpaired ({len(bank)} images)"
+    if args.simulate_from:
+        bank = load_images([path for _, path in train_set.images], args.crop_size, "--simulate_from", seed=args.seed)
+        source = f"the --simulate_from photographs, shuffled, unpaired ({len(bank)} images)"
+    else:
+        bank = gt_bank(train_set.files, args.crop_size, args.seed)
+        source = f"clean gt images of the training files, shuffled, unpaired ({len(bank)} images)"
+    note = (f"no --hq_dir: the quality prompts learn 'high quality' from {source} - the training scenes' "
+            "ground truth, which SpikeCLIP's stages 2 and 3 are meant to do without; pass --hq_dir with a "
+            "folder of unrelated high-quality images")
+    clip_info["warnings"].append(note)
+    if is_main:
+        print(f"!! {note}", flush=True)
+    return bank, source
 
 
 def open_run_folder(args, folder, clip_info, bank_source, world, teacher_info):
@@ -700,34 +828,37 @@ def open_run_folder(args, folder, clip_info, bank_source, world, teacher_info):
     return writer
 
 
-def make_optimizer(stage, model, prompts, args):
-    """Adam over the stage's trainable part (prompt vectors in stage 2, the LRN otherwise) with a
-    cosine schedule over the stage's epochs."""
-    params = prompts.parameters() if stage == "prompt" else model.parameters()
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    n_epochs = args.stage_epochs[STAGES.index(stage)]
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_epochs))
-    return optimizer, scheduler
+def make_optimizer(stage, model, prompts, lr):
+    """Adam over the stage's trainable part: the prompt vectors in stage 2, the LRN otherwise."""
+    return torch.optim.Adam(prompts.parameters() if stage == "prompt" else model.parameters(), lr=lr)
+
+
+def cosine_lr(base_lr, epoch, n_epochs):
+    """The learning rate of a stage's epoch: a cosine from base_lr at epoch 0 towards 0 at its end.
+    A function of (epoch, n_epochs) alone, so that a stage given more epochs on --resume
+    follows the cosine of its new length."""
+    return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, n_epochs)))
 
 
 # ----------------------------------------------------------------------------------------------
 # One batch, one epoch, validation
 
-def stage_step(s, stage, batch, train, global_step):
-    """One batch of a stage -> (weighted loss, its terms, reconstruction)."""
-    if stage == "prompt":
+def batch_loss(s, stage, batch, training, hq_generator=None):
+    """One batch of a stage -> (weighted loss, its terms, reconstruction [B, 1, H, W]).
+    training: through the wrapped (DDP, compiled) modules that learn in this stage.
+    hq_generator: where stage 2 draws its high-quality images (None: torch's global RNG)."""
+    if stage == "prompt":   # the LRN is frozen; its reconstructions are low-quality examples
         with torch.no_grad(), s.autocast():
             recon = to_image(s.model(batch["voxel"]).float())
         lq = torch.cat([recon, batch["tfp"], batch["tfi"]])
-        gen = torch.Generator().manual_seed(s.args.seed * 1000003 + global_step * 2 + int(train))
-        hq = hq_batch(s.bank, len(batch["label"]), gen, s.device)
+        hq = hq_batch(s.bank, len(batch["label"]), s.device, hq_generator)
         with s.autocast():
-            loss, terms = s.losses.prompt(s.train_prompts() if train else s.prompts(), hq, lq)
+            loss, terms = s.losses.prompt(s.train_prompts() if training else s.prompts(), hq, lq)
         return loss, terms, recon
     with s.autocast():
         if s.teacher is not None:
             batch["teacher"] = s.teacher(batch["voxel"])
-        out = (s.train_model if train else s.model)(batch["voxel"]).float()
+        out = (s.train_model if training else s.model)(batch["voxel"]).float()
         if stage == "coarse":
             loss, terms = s.losses.coarse(out, batch)
         else:
@@ -746,7 +877,7 @@ def train_one_epoch(s, stage, loader, optimizer, progress, desc):
         if s.args.stateful:
             loss, terms = stateful_step(s, batch, optimizer)
         else:
-            loss, terms, _ = stage_step(s, stage, batch, True, progress.global_step)
+            loss, terms, _ = batch_loss(s, stage, batch, training=True)
             optimize(s, optimizer, loss)
         progress.global_step += 1
         count += 1
@@ -856,15 +987,16 @@ def first_windows(loader, model):
 
 
 @torch.no_grad()
-def validate(s, stage, loader, global_step):
+def validate(s, stage, loader):
     """The stage's own weighted loss on the held-out files (lower is better)
     -> (score, (first batch, its reconstruction) for the image grid)."""
     s.model.eval()
     s.prompts.eval()
+    hq_generator = torch.Generator().manual_seed(s.args.seed)   # the same bank images every epoch
     total, n, shown = 0.0, 0, None
     for batch in loader:
         batch = to_device(batch, s.device)
-        loss, _, out = stage_step(s, stage, batch, False, global_step)
+        loss, _, out = batch_loss(s, stage, batch, training=False, hq_generator=hq_generator)
         total += float(loss) * len(batch["label"])
         n += len(batch["label"])
         if shown is None:
@@ -880,22 +1012,21 @@ def set_train_mode(s, stage):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints and the hand-over between stages
+# Checkpoints and the end of a stage
 
-def checkpoint(s, progress, optimizer, scheduler, val_score):
+def checkpoint(s, progress, optimizer, val_score):
     return {"format": CHECKPOINT_FORMAT, "version": 1, "model_config": s.model.config(),
             "model": s.model.state_dict(), "prompts": s.prompts.state_dict(),
             "opt": vars(s.args), "clip": s.clip_info, "data_type": s.args.data_type,
             "crop_size": s.args.crop_size, "stage": progress.stage, "epoch": progress.epoch,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": s.scaler.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": s.scaler.state_dict(),
             "early_stop": {"best": progress.best, "bad_epochs": progress.bad_epochs}, "rng": rng_state(),
             "global_step": progress.global_step, "val_score": val_score, "history": progress.history,
             "teacher": s.teacher_info}
 
 
-def save_epoch(s, progress, optimizer, scheduler, val_score, improved):
-    state = checkpoint(s, progress, optimizer, scheduler, val_score)
+def save_epoch(s, progress, optimizer, val_score, improved):
+    state = checkpoint(s, progress, optimizer, val_score)
     if improved:
         atomic_torch_save(state, s.folder.best)
     atomic_torch_save(state, s.folder.last)   # last, so a crash in between resumes safely
@@ -916,64 +1047,36 @@ def log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, sh
           f"val {val_score:.4f}{'  (best)' if improved else ''}", flush=True)
 
 
-def hand_over(s, progress, optimizer, scheduler):
-    """End of a stage: with --early_stop, continue from the stage's best weights; then save the
-    next stage's starting point (stage + 1 at epoch 0; after the last stage: 'complete')."""
+def end_stage(s, progress, optimizer):
+    """With --early_stop, continue from the stage's best weights; then save the next stage's
+    starting point (stage + 1 at epoch 0; after the last stage: the complete run)."""
     stage = STAGES[progress.stage]
     if progress.stopped_early(s.args) and s.is_main:
         print(f"[{stage}] early stop: no improvement for {s.args.patience} epochs")
     if s.args.early_stop and os.path.exists(s.folder.best):
         if s.world > 1:
             dist.barrier()
-        best = load_checkpoint(s.folder.best)
+        best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
         if best["stage"] == progress.stage:
             s.model.load_state_dict(best["model"])
             s.prompts.load_state_dict(best["prompts"])
     best_score = progress.best
     progress.next_stage()
     if s.is_main:
-        if progress.stage < len(STAGES):
-            optimizer, scheduler = make_optimizer(STAGES[progress.stage], s.model, s.prompts, s.args)
-        atomic_torch_save(checkpoint(s, progress, optimizer, scheduler, best_score), s.folder.last)
-
-
-def run_stage(s, progress, train_loader, val_loader, sampler, resume=None):
-    """Train one stage from progress.epoch to its last epoch (or until early stopping)."""
-    si = progress.stage
-    stage, n_epochs = STAGES[si], s.args.stage_epochs[si]
-    optimizer, scheduler = make_optimizer(stage, s.model, s.prompts, s.args)
-    if resume is not None:   # continue this stage's optimizer and schedule where they were
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scheduler.T_max = max(1, n_epochs)   # --resume with more epochs: the cosine stretches from here
-        s.scaler.load_state_dict(resume["scaler"])
-    set_train_mode(s, stage)
-    while progress.epoch < n_epochs and not progress.stopped_early(s.args):
-        epoch = progress.epoch
-        sampler.set_epoch(si * 10000 + epoch)
-        train_means = train_one_epoch(s, stage, train_loader, optimizer, progress,
-                                      desc=f"{stage} {epoch + 1}/{n_epochs}")
-        scheduler.step()
-        val_score, shown = train_means["loss"], None
-        if val_loader is not None:
-            val_score, shown = validate(s, stage, val_loader, progress.global_step)
-        improved = progress.end_epoch(stage, epoch, val_score, train_means)
-        if s.is_main:
-            log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, shown)
-            save_epoch(s, progress, optimizer, scheduler, val_score, improved)
-        if s.world > 1:
-            dist.barrier()
-    hand_over(s, progress, optimizer, scheduler)
+        atomic_torch_save(checkpoint(s, progress, optimizer, best_score), s.folder.last)
 
 
 def write_results_record(s, progress):
     args, info = s.args, s.clip_info
-    final = [h["val_score"] for h in progress.history if h["stage"] == STAGES[-1]]
+    # the score of the weights the record points to: the best epoch of the stage that last
+    # wrote checkpoint_best.pth (stage 1 for an offline run), read from that file itself
+    best = load_checkpoint(s.folder.best) if os.path.exists(s.folder.best) else {}   # none: no epoch improved
     record = {"run_name": args.exp_name, "kind": "train", "dataset": f"U-{args.data_type}",
               "checkpoint": s.folder.best, "arch": args.arch, "model": model_name(s.model.config()),
               **{k: info[k] for k in ("clip_model", "clip_weights", "clip_random_init", "warnings")},
               "train": {"stage_epochs": args.stage_epochs, "history": progress.history,
-                        "best_val_score": min(final, default=None),
+                        "best_val_score": best.get("val_score"),
+                        "best_stage": STAGES[best["stage"]] if best else None, "best_epoch": best.get("epoch"),
                         "hq_bank": s.bank_source, "world_size": s.world,
                         "recon_target": args.recon_target, "teacher": s.teacher_info}}
     append_record(record, args.results_file)
@@ -992,12 +1095,13 @@ def main(argv=None):
 def train(args):
     device, rank, world = setup_distributed(args.device)
     folder = RunFolder(args.exp_root, args.exp_name)
-    args, resume = start_or_resume(args, folder)
+    check_output_folder(args.exp_root, "--exp_root")   # before the work, not after it
+    check_output_folder(folder.root, "--exp_name")
+    args, run, progress, clip_model, clip_info = start_or_resume(args, folder, device, rank == 0)
+    if progress.stage == len(STAGES):   # a finished run given no more epochs (said above)
+        return 0
     if rank == 0:
         check_results_file(args.results_file)    # before the training, not after it
-    if resume is not None and resume["stage"] >= len(STAGES):
-        print(f"{folder.root}: the run is already complete (all three stages)")
-        return 0
     seed_everything(args.seed + rank)
     amp_dtype = None
     if device.type == "cuda" and not args.no_amp:
@@ -1005,34 +1109,27 @@ def train(args):
         torch.backends.cudnn.benchmark = True
 
     model = build_lrn(args, device)
-    full, train_idx, sampler, train_loader, val_loader = build_data(
-        args, model.input_channels, device, rank, world)
+    sampler, train_loader, val_loader = build_data(args, model.input_channels, device, rank, world)
     teacher, teacher_info = None, None
     if args.recon_target == "teacher":
         teacher = Teacher(args.teacher, model.input_channels, device, args.backend)
         teacher_info = teacher.identity
-        if resume is not None and teacher_info["sha256"] != (resume.get("teacher") or {}).get("sha256"):
-            raise CheckpointError(f"{args.teacher}: the teacher file changed since this run started")
         if rank == 0:
             print(f"teacher: {teacher_info['model']} from {args.teacher} (frozen)")
-    clip_model, clip_info = load_clip(args.clip_model, args.clip_pretrained, device)
-    if resume is None:
-        disable_random_clip_terms(args, clip_info, rank == 0)
     guide = ClipGuide(clip_model, CLASS_NAMES[args.data_type], device)
     prompts = QualityPrompts(clip_model, n_ctx=16, seed=args.seed).to(device)
-    bank, bank_source = build_hq_bank(args, [full.files[i] for i in train_idx])
+    bank, bank_source = build_hq_bank(args, train_loader.dataset, clip_info, rank == 0)
     if rank == 0:
         print(f"high-quality bank: {bank_source}")
 
-    progress = Progress()
-    if resume is not None:
-        model.load_state_dict(model_from_checkpoint(resume, folder.last, args.backend,
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if run is not None:
+        model.load_state_dict(model_from_checkpoint(run, folder.last, args.backend,
                                                     expect_config=model.config()).state_dict())
-        prompts.load_state_dict(resume["prompts"])
-        progress = Progress.from_checkpoint(resume)
-        set_rng_state(resume["rng"])
-        if rank == 0:
-            print(f"resuming {folder.root}: stage {STAGES[progress.stage]}, epoch {progress.epoch}")
+        prompts.load_state_dict(run["prompts"])
+        if run["scaler"]:   # empty when saved without fp16 (CPU, bf16)
+            scaler.load_state_dict(run["scaler"])
+        set_rng_state(run["rng"])
     elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
         fit_batches = first_windows(train_loader, model) if args.stateful else train_loader
         rmse = fit_linear_skip(model, fit_batches, args.recon_target, device, teacher=teacher)
@@ -1046,12 +1143,38 @@ def train(args):
         train_model = torch.compile(train_model)
     s = Setup(args, device, rank, world, folder, model, train_model, prompts,
               DDP(prompts) if world > 1 else prompts, StageLoss(args, guide), bank, bank_source,
-              clip_info, amp_dtype, torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
-              writer, teacher, teacher_info)
+              clip_info, amp_dtype, scaler, writer, teacher, teacher_info)
 
-    while progress.stage < len(STAGES):
-        run_stage(s, progress, train_loader, val_loader, sampler, resume)
-        resume = None   # only the stage the run stopped in continues an optimizer
+    # Each stage from where the run stands to its last epoch (or an early stop). Only a run that
+    # stopped inside a stage continues that stage's optimizer; every other stage starts a fresh one.
+    optimizer_state = run["optimizer"] if run is not None and run["epoch"] > 0 else None
+    for si in range(progress.stage, len(STAGES)):
+        stage, n_epochs = STAGES[si], args.stage_epochs[si]
+        if n_epochs == 0 and progress.epoch == 0:   # a stage without epochs (e.g. skipped offline)
+            progress.next_stage()
+            continue
+        optimizer = make_optimizer(stage, model, prompts, args.lr)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
+        set_train_mode(s, stage)
+        while progress.epoch < n_epochs and not progress.stopped_early(args):
+            epoch = progress.epoch
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(args.lr, epoch, n_epochs)
+            sampler.set_epoch(si * 10000 + epoch)
+            train_means = train_one_epoch(s, stage, train_loader, optimizer, progress,
+                                          desc=f"{stage} {epoch + 1}/{n_epochs}")
+            val_score, shown = train_means["loss"], None
+            if val_loader is not None:
+                val_score, shown = validate(s, stage, val_loader)
+            improved = progress.end_epoch(stage, val_score, train_means)
+            if s.is_main:
+                log_epoch(s, stage, progress, n_epochs, train_means, val_score, improved, shown)
+                save_epoch(s, progress, optimizer, val_score, improved)
+            if world > 1:
+                dist.barrier()
+        end_stage(s, progress, optimizer)
 
     if rank == 0:
         write_results_record(s, progress)

@@ -1,10 +1,12 @@
 """Small shared helpers: the error type users can act on, the TFP/TFI baselines (SPEC §6),
 atomic file writes, seeding, device choice."""
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 
@@ -20,8 +22,22 @@ class InputError(Exception):
 
 def report_input_error(e):
     """Print an InputError the way every entry point does -> exit status 2."""
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {input_error_message(e)}", file=sys.stderr)
     return 2
+
+
+def input_error_message(e):
+    """The message of an InputError, also of one raised in a DataLoader worker: the loader
+    re-raises it in the main process as the same type with the worker's whole traceback as its
+    message ("Caught SpikeDataError in DataLoader worker process 0." and "Original Traceback"
+    on the next lines); the original message follows the exception's name on its last line."""
+    text = str(e)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    cls = type(e)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    start = text.rfind(f"\n{name}: ")
+    return text[start + len(name) + 3:].strip() if start >= 0 else text.strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,30 +127,31 @@ def tfi_interval(spk, window=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic writes: a crash mid-write never leaves a half-written checkpoint or results file.
+# Atomic writes: a crash mid-write never leaves a half-written checkpoint, video or results file.
 
-def atomic_write(path, write_fn, mode="wb", check=None):
-    """Write `path` so that a crash leaves the old file or the new one, never half of one.
-
-    write_fn(file) writes into a temp file `<path>.<random>.tmp` in the same folder (os.replace
-    is atomic only within one filesystem); check(temp_path), if given, may raise to keep the old
-    file. The new file gets the old one's permissions (a new one: 0o666 less the umask, not
-    mkstemp's 0o600), replaces it, and the folder is fsynced so that the rename is durable.
-    """
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temp path `<path>.<random>.tmp` in path's folder (os.replace is atomic only within
+    one filesystem) for the caller, or a program it runs, to write; when the block ends without
+    an exception the temp file is fsynced, gets the old file's permissions (a new one: 0o666
+    less the umask, not mkstemp's 0o600) and replaces `path`, and the folder is fsynced so that
+    the rename is durable. On any exception it is removed and `path` is left as it was. A run
+    killed inside the block leaves the temp file: remove_stale_temp_files() finds it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(tmp)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
@@ -142,6 +159,30 @@ def atomic_write(path, write_fn, mode="wb", check=None):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path, write_fn, mode="wb", check=None):
+    """Write `path` through atomic_output(): write_fn(file) writes into the temp file;
+    check(temp_path), if given, may raise to keep the old file."""
+    with atomic_output(path) as tmp:
+        with open(tmp, mode) as f:
+            write_fn(f)
+        if check is not None:
+            check(tmp)
+
+
+def remove_stale_temp_files(path):
+    """Remove the temp files atomic_output(path) left behind in runs that were killed (the name
+    mkstemp gives: `<name>.` + 8 random characters + `.tmp`), nothing else -> their names."""
+    folder, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(name) + r"\.[a-z0-9_]{8}\.tmp")
+    removed = []
+    for f in os.listdir(folder) if os.path.isdir(folder) else []:
+        if pattern.fullmatch(f):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, f))
+            removed.append(f)
+    return removed
 
 
 def _umask():
@@ -185,8 +226,35 @@ def pick_device(name="auto"):
     return device
 
 
+def check_output_folder(path, flag, value=None):
+    """Before any long work: `path` is a folder that exists or can be created, and files can be
+    written in it; else an InputError naming `flag` and its `value` (default: path). Creates
+    nothing (a refused run leaves no empty folders): it tries a temporary file in the deepest
+    folder of `path` that exists."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    named = f"{flag} {path if value is None else value}"
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) and value is None else f"{existing} is a file"
+        raise InputError(f"{named}: {what}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(f"{named}: cannot write in {existing} ({e.strerror or e})") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # argparse types: a nonsensical flag value is refused when the command line is parsed
+
+def folder_name(text):
+    """argparse type of --exp_name: one folder name, so that the run stays inside --exp_root."""
+    if text in ("", ".", "..") or "/" in text or os.sep in text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a single folder name (not empty, '.' or '..', "
+                                         f"no '/'): the run's folder is <exp_root>/<exp_name>")
+    return text
+
 
 def _number_type(cast, ok, what):
     def parse(text):

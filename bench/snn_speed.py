@@ -41,7 +41,8 @@ def get_args():
                    help="add torch.compile variants (auto: on CUDA only; on the CPU compiling takes minutes)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
-    cuda = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
+    a.device = pick_device(a.device)
+    cuda = a.device.type == "cuda"
     a.dtype = a.dtype or ("bf16" if cuda else "fp32")
     a.batch = a.batch or (32 if cuda else 4)
     a.runs = a.runs or (100 if cuda else 5)
@@ -166,7 +167,7 @@ def bench_training(args, device, models):
 
 def main():
     args = get_args()
-    device = pick_device(args.device)
+    device = args.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         card = torch.cuda.get_device_name(device)

@@ -48,7 +48,7 @@ import reconstruct  # noqa: E402
 from dataset import write_dat  # noqa: E402
 from generate_synthetic_data import LIGHT, make_sensor, procedural_image, simulate_spikes  # noqa: E402
 from models import CHECKPOINT_FORMAT, PlainLRN, SpikingLRN, load_checkpoint, model_from_checkpoint  # noqa: E402
-from utils import tfp  # noqa: E402
+from utils import pick_device, tfp  # noqa: E402
 
 H, W = 250, 400
 RATE = LIGHT["normal"].rate
@@ -56,7 +56,7 @@ RATE = LIGHT["normal"].rate
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--snn", help="temporal-encoding SNN checkpoint (default: fresh T=4 network)")
     p.add_argument("--ann", help="plain-CNN LRN checkpoint (default: fresh network)")
     p.add_argument("--direct", default=os.path.join(ROOT, "weights", "normal.pth"),
@@ -74,7 +74,8 @@ def get_args():
                    help="side of the static scene (a multiple of 8: a .dat frame is whole bytes)")
     p.add_argument("--sections", default="speed,rss,stability", help="which of the three to run")
     a = p.parse_args()
-    cuda = a.device.startswith("cuda")
+    a.device = pick_device(a.device)
+    cuda = a.device.type == "cuda"
     a.speed_frames = a.speed_frames or (200 if cuda else 5)
     a.batch = a.batch or (16 if cuda else 1)
     a.rss_frames = [int(n) for n in a.rss_frames.split(",")]
@@ -199,7 +200,7 @@ def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
         cmd = [sys.executable, "-c", PEAK_RSS_WRAPPER, os.path.join(ROOT, "reconstruct.py"),
                "--checkpoint", ckpt, "--input", dat,
                "--output", os.path.join(folder, "rss.npy"), "--height", str(H), "--width", str(W),
-               "--device", args.device, "--batch", str(args.batch)]
+               "--device", str(args.device), "--batch", str(args.batch)]
         if args.rss_crop:
             cmd += ["--crop", str(args.rss_crop)]
         t0 = time.perf_counter()
@@ -248,8 +249,8 @@ def stability(args, snn, direct, dat, device):
 
 def main():
     args = get_args()
-    device = torch.device(args.device)
-    print(f"stream_speed: {args.device} ({platform.processor() or platform.machine()}, "
+    device = args.device
+    print(f"stream_speed: {device} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads), torch {torch.__version__}, batch {args.batch}")
     folder = tempfile.mkdtemp(prefix="stream_speed.")
     try:

@@ -89,8 +89,7 @@ def main(argv=None):
 
 
 def run(args):
-    if os.path.exists(args.output) and not args.overwrite:
-        raise InputError(f"--output {args.output} exists (pass --overwrite to replace it)")
+    reconstruct.check_output(args.output, "mp4", args.overwrite)
     direct, stateful = load(args.direct, "direct"), load(args.stateful, "temporal")
     names = [os.path.relpath(path) for path in (args.direct, args.stateful)]
     device = torch.device(args.device)
@@ -106,16 +105,11 @@ def run(args):
                       reconstruct.stateful_frames(stateful.to(device), stream, 0, num_out, STRIDE, None, 1, device,
                                                   null))
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        writer = reconstruct.VideoWriter(args.output, args.height, 4 * args.width, args.fps)
-        try:
+        with reconstruct.open_writer("mp4", args.output, num_out, args.height, 4 * args.width, args.fps) as write:
             for j, (direct_image, stateful_image) in enumerate(columns):
                 spk = stream.read(j * STRIDE, j * STRIDE + 200, "cpu").numpy()
-                writer.write(np.concatenate([tfp(spk, TFP_WINDOW, RATE), tfi(spk, rate=RATE),
-                                             direct_image.cpu().numpy(), stateful_image.cpu().numpy()], axis=1))
-            writer.close()
-        except BaseException:
-            writer.discard()
-            raise
+                write(np.concatenate([tfp(spk, TFP_WINDOW, RATE), tfi(spk, rate=RATE),
+                                      direct_image.cpu().numpy(), stateful_image.cpu().numpy()], axis=1))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{args.output}: {num_out} frames of {args.height}x{4 * args.width}, a simulated scene drifting "

@@ -37,17 +37,28 @@ def test_tfp_rate_gives_intensity_and_accepts_dtypes():
         np.testing.assert_allclose(utils.tfp(spk.astype(dtype), window=41, rate=0.6), ref)
 
 
-def test_tfp_normalised_maps_to_unit_range():
-    rng = np.random.default_rng(1)
-    spk = (rng.random((50, 20, 20)) < rng.random((20, 20))).astype(np.uint8)
+def test_tfp_normalised_known_answer():
+    """Without a rate the image is divided by its 99.5th percentile (np.percentile's linear
+    interpolation) and clipped to [0, 1]. Four pixels firing on 0, 2, 5, 10 of 10 frames:
+    means 0, .2, .5, 1; the percentile sits at rank 3 * 0.995 = 2.985, i.e.
+    .5 + .985 * (1 - .5) = .9925 = 397/400, so the image is 0, 80/397, 200/397 and 1 (clipped)."""
+    spk = trains(10, [[], [0, 9], range(5), range(10)])
     img = utils.tfp(spk)
     assert img.dtype == np.float32
-    assert img.min() >= 0 and img.max() == pytest.approx(1.0)
-    raw = spk.mean(0)
-    np.testing.assert_allclose(img, np.clip(raw / np.percentile(raw, 99.5), 0, 1), rtol=1e-6)
+    np.testing.assert_allclose(img[0], [0, 80 / 397, 200 / 397, 1], rtol=1e-6)
+    # the same from per-pixel counts (the training cache's path)
+    np.testing.assert_allclose(utils.tfp_from_counts(np.array([[0, 2, 5, 10]]), 10), img, rtol=1e-6)
     # no spikes at all: zeros, no NaN
     zero = utils.tfp(np.zeros((10, 3, 3), np.uint8))
     assert np.isfinite(zero).all() and (zero == 0).all()
+
+
+def test_tfp_normalised_brighter_pixels_are_brighter():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.02, 0.6, (16, 16))
+    img = utils.tfp((rng.random((400, 16, 16)) < p).astype(np.uint8))
+    assert img.min() >= 0 and img.max() == 1.0
+    assert np.corrcoef(img.ravel(), p.ravel())[0, 1] > 0.9
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,19 +110,32 @@ def test_tfi_rate_scales_and_short_streams_fail():
         utils.tfi(np.zeros((2, 1, 1), np.uint8))
 
 
-def test_tfi_normalised_maps_to_unit_range():
+def test_tfi_normalised_known_answer():
+    """t = 41 (middle 20, window 20). Intervals 2, 4, 5, 40 -> raw 1/2, 1/4, 1/5, 1/40. Sorted
+    low to high: 1/40, 1/5, 1/4, 1/2; the 99.5th percentile at rank 2.985 is
+    1/4 + .985 * (1/2 - 1/4) = .49625 = 397/800, so the image is 1 (clipped), 200/397,
+    160/397 and 20/397."""
+    spk = trains(41, [[19, 21],      # left 1 + right 1 = 2
+                      [18, 22],      # 2 + 2 = 4
+                      [17, 22],      # 3 + 2 = 5
+                      []])           # none: both window ends, 20 + 20 = 40
+    img = utils.tfi(spk)
+    assert img.dtype == np.float32
+    np.testing.assert_allclose(img[0], [1, 200 / 397, 160 / 397, 20 / 397], rtol=1e-6)
+    # the same from the intervals (the training cache's path)
+    np.testing.assert_allclose(utils.tfi_from_interval(np.array([[2, 4, 5, 40]])), img, rtol=1e-6)
+    # no spikes anywhere: every interval is 2w, a constant image normalises to 1
+    flat = utils.tfi(np.zeros((11, 2, 2), np.uint8))
+    assert np.isfinite(flat).all() and (flat == 1).all()
+
+
+def test_tfi_normalised_brighter_pixels_are_brighter():
     rng = np.random.default_rng(2)
     p = rng.uniform(0.02, 0.6, (16, 16))
-    spk = (rng.random((101, 16, 16)) < p).astype(np.uint8)
-    img = utils.tfi(spk)
+    img = utils.tfi((rng.random((101, 16, 16)) < p).astype(np.uint8))
     assert img.dtype == np.float32 and img.shape == (16, 16)
-    assert img.min() >= 0 and img.max() == pytest.approx(1.0)
-    raw = utils.tfi(spk, rate=1.0)
-    np.testing.assert_allclose(img, np.clip(raw / np.percentile(raw, 99.5), 0, 1), rtol=1e-6)
-    # brighter pixels (higher rate) give brighter TFI on average
+    assert img.min() >= 0 and img.max() == 1.0
     assert np.corrcoef(img.ravel(), p.ravel())[0, 1] > 0.5
-    flat = utils.tfi(np.zeros((11, 2, 2), np.uint8))
-    assert np.isfinite(flat).all() and (flat == 1).all()   # constant 1/(2w) normalises to 1
 
 
 @pytest.mark.parametrize("size, high", [((224, 224), 5), ((224, 224), 200), ((7, 3), 2), ((1, 1), 9),

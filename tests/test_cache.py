@@ -35,9 +35,9 @@ def split(tmp_path):
 
 
 def make_ds(root, cache=True, **kw):
-    kw = {"bins": 4, "num_frames": 8, "crop_size": 8, "with_baselines": True, **kw}
     cache_path = dataset.default_cache_path(str(root), "CIFAR", "train") if cache else None
-    return dataset.UHSRDataset(str(root), "CIFAR", "train", cache_path=cache_path, **kw)
+    kw = {"bins": 4, "num_frames": 8, "crop_size": 8, "with_baselines": True, "cache_path": cache_path, **kw}
+    return dataset.UHSRDataset(str(root), "CIFAR", "train", **kw)
 
 
 def assert_same_items(a, b):
@@ -178,16 +178,12 @@ def test_cache_for_other_settings_is_rebuilt(split, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# damaged caches: rebuilt when found on opening, refused when found on reading
+# damaged caches of ours are rebuilt when opened; a file that is not a cache is never replaced
 
 def _damage(path, how):
     data = bytearray(open(path, "rb").read())
     if how == "truncated":
         data = data[:len(data) // 2]
-    elif how == "empty":
-        data = bytearray()
-    elif how == "garbage":
-        data = bytearray(b"not a cache at all" * 10)
     elif how == "footer byte":
         i = data.rindex(b'"labels"') + 12                     # inside the label list
         data[i] ^= 0x01
@@ -196,7 +192,7 @@ def _damage(path, how):
     open(path, "wb").write(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "footer byte", "extra bytes"])
+@pytest.mark.parametrize("how", ["truncated", "footer byte", "extra bytes"])
 def test_damaged_cache_is_rebuilt(split, capsys, how):
     path = make_ds(split).cache.path
     _damage(path, how)
@@ -208,19 +204,60 @@ def test_damaged_cache_is_rebuilt(split, capsys, how):
     assert_same_items(ds, make_ds(split, cache=False))
 
 
-def test_corrupt_record_is_refused_naming_cache_and_file(split):
+def test_corrupt_record_is_found_when_the_cache_is_opened(split, capsys):
+    """Not mid-epoch: opening checks every record it will serve, names the cache and the
+    sample's file, and the dataset rebuilds its own cache."""
     ds = make_ds(split)
     path = ds.cache.path
     with open(path, "r+b") as f:                               # flip one spike bit of record 2
-        f.seek(3 * ds.cache.record_bytes - 1)
+        f.seek(len(dataset.CACHE_MAGIC) + 3 * ds.cache.record_bytes - 1)
         byte = f.read(1)[0]
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0x10]))
-    ds = make_ds(split)                                        # the index is intact: opens
-    ds[1], ds[3]                                               # other records still read
+    files = make_ds(split, cache=False).files
+    dataset.SpikeCache(path, files[3:], 8, 10)                 # records it does not serve: not read
     with pytest.raises(CacheError) as exc:
-        ds[2]
+        dataset.SpikeCache(path, files, 8, 10)
     assert path in str(exc.value) and "2.npz" in str(exc.value) and "checksum" in str(exc.value)
+    capsys.readouterr()
+    ds = make_ds(split)
+    assert "fails its checksum" in capsys.readouterr().out
+    assert_same_items(ds, make_ds(split, cache=False))
+
+
+@pytest.mark.parametrize("what", ["npz", "png", "empty", "text", "folder"])
+def test_a_file_that_is_not_a_cache_is_refused_and_kept(split, tmp_path, what):
+    """--cache FILE naming a training file, an image, any file not ours: never rebuilt over."""
+    target = tmp_path / f"precious.{what}"
+    if what == "npz":
+        target = split / "U-CIFAR" / "train" / "1.npz"
+    elif what == "png":
+        from PIL import Image
+        Image.new("L", (8, 8), 7).save(target)
+    elif what == "text":
+        target.write_text("not a cache at all\n" * 10)
+    elif what == "empty":
+        target.write_bytes(b"")
+    else:
+        target.mkdir()
+    before = target.read_bytes() if target.is_file() else None
+    with pytest.raises(CacheError, match="not a spike cache.*left as it is"):
+        make_ds(split, cache=False, cache_path=str(target))
+    assert (target.read_bytes() if target.is_file() else None) == before and target.exists()
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_of_another_dataset_is_ours_and_rebuilt(split, tmp_path, capsys):
+    other = tmp_path / "other" / "U-CIFAR" / "train"
+    other.mkdir(parents=True)
+    for i in range(3):
+        write_sample(other, i, seed=50 + i)
+    path = str(tmp_path / "shared.cache")
+    make_ds(tmp_path / "other", cache=False, cache_path=path)
+    capsys.readouterr()
+    ds = make_ds(split, cache=False, cache_path=path)
+    assert "stale" in capsys.readouterr().out
+    assert_same_items(ds, make_ds(split, cache=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,3 +329,20 @@ def test_train_with_cache_learns_the_same_weights(tmp_path, monkeypatch, capsys)
         assert torch.equal(plain[key], cached[key]), key
     assert train.get_args(["--cache", "elsewhere.cache"]).cache == "elsewhere.cache"
     assert train.get_args([]).cache is None
+
+
+def test_train_refuses_a_cache_path_that_is_a_training_file(tmp_path, monkeypatch, capsys):
+    import train
+    from conftest import TINY_TRAIN
+    folder = tmp_path / "data" / "U-CIFAR" / "train"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        write_sample(folder, i, frames=200, size=(40, 40))
+    monkeypatch.chdir(tmp_path)
+    victim = folder / "2.npz"
+    before = victim.read_bytes()
+    assert train.main(["--data_root", str(tmp_path / "data"), "--exp_root", str(tmp_path / "exp"),
+                       "--cache", str(victim), "--epochs", "3", *TINY_TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {victim}: exists and is not a spike cache") and err.count("\n") == 1
+    assert victim.read_bytes() == before

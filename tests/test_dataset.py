@@ -100,6 +100,42 @@ def test_dat_orientation_hand_made(tmp_path):
     assert (tmp_path / "w.dat").read_bytes() == raw
 
 
+def test_dat_known_answer(tmp_path):
+    """Two 2x8 frames written out by hand, byte for byte, and the frames they hold."""
+    raw = bytes([0x01, 0x80,      # frame 0: stored row 0 (scene bottom) col 0; stored row 1 (top) col 7
+                 0x00, 0x03])     # frame 1: stored row 1 (scene top), cols 0 and 1
+    frames = np.array([[[0, 0, 0, 0, 0, 0, 0, 1],
+                        [1, 0, 0, 0, 0, 0, 0, 0]],
+                       [[1, 1, 0, 0, 0, 0, 0, 0],
+                        [0, 0, 0, 0, 0, 0, 0, 0]]], np.uint8)
+    path = tmp_path / "known.dat"
+    path.write_bytes(raw)
+    np.testing.assert_array_equal(dataset.read_dat(path, 2, 8), frames)
+    packed = torch.tensor(list(raw), dtype=torch.uint8).view(2, 2)
+    np.testing.assert_array_equal(dataset.unpack_dat_frames(packed, 2, 8).numpy(), frames)
+    dataset.write_dat(tmp_path / "back.dat", frames)
+    assert (tmp_path / "back.dat").read_bytes() == raw
+    assert dataset.dat_frame_count(path, 2, 8) == (2, 0)
+    assert dataset.dat_frame_count(path, 1, 24) == (1, 1)     # one 3-byte frame and a byte over
+
+
+def test_dat_of_one_vidar_width_read_as_the_other_is_refused(tmp_path):
+    path = tmp_path / "capture.dat"
+    dataset.write_dat(path, np.zeros((3, 250, 400), np.uint8))     # 37500 bytes: 2.88 frames 416 wide
+    raises_naming(path, dataset.read_dat, path, 250, 416, match="--width 400?")
+    raises_naming(path, dataset.dat_frame_count, path, 250, 416, match="3 frames 400 wide")
+    dataset.write_dat(path, np.zeros((3, 250, 416), np.uint8))     # 39000 bytes: 3.12 frames 400 wide
+    raises_naming(path, dataset.read_dat, path, 250, 400, match="--width 416?")
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_dat_that_is_no_file(tmp_path, what):
+    path = tmp_path / "capture.dat"
+    if what == "folder":
+        path.mkdir()
+    raises_naming(path, dataset.read_dat, path, 4, 8, match="no such file" if what == "missing" else "a folder")
+
+
 def test_dat_416_wide_drops_extra_columns(tmp_path):
     t, h, w = 2, 3, 416
     spikes = [(0, 0, 3), (0, 2, 399), (1, 1, 405), (1, 0, 415)]
@@ -320,6 +356,19 @@ def test_voxelize_dtype_option():
     with pytest.raises(SpikeDataError):
         dataset.voxelize(np.ones((512, 1, 1), np.uint8), bins=2, dtype=np.uint8)
     assert dataset.voxelize(np.ones((512, 1, 1), np.uint8), bins=2)[0, 0, 0] == 256
+
+
+def test_voxelize_torch_batches_and_bins_of_bins():
+    spk = random_spikes((3, 200, 4, 5), seed=5)
+    want = np.stack([dataset.voxelize(s, 50) for s in spk])
+    got = dataset.voxelize(torch.from_numpy(spk), 50, dim=1)
+    assert got.dtype == torch.float32 and got.shape == (3, 50, 4, 5)
+    np.testing.assert_array_equal(got.numpy(), want)
+    # a 200-bin voxel summed into 50 bins is the 50-bin voxel of the same frames
+    fine = dataset.voxelize(torch.from_numpy(spk), 200, dim=1)
+    np.testing.assert_array_equal(dataset.voxelize(fine, 50, dim=1).numpy(), want)
+    with pytest.raises(SpikeDataError):
+        dataset.voxelize(torch.from_numpy(spk), 3, dim=1)
 
 
 @pytest.mark.parametrize("t, bins", [(10, 4), (3, 4), (200, 3)])

@@ -147,3 +147,50 @@ def test_device_and_data_errors_are_one_line(trained, tmp_path, capsys):
     (bad / "0.npz").write_bytes(os.urandom(3000))
     assert evaluate.main(args + ["--data_root", str(tmp_path / "bad")]) == 2
     assert "0.npz: not a valid .npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no spikes"])
+def test_a_bad_file_last_in_the_split_is_found_before_the_work(trained, tmp_path, capsys, monkeypatch, damage):
+    """The split's last file truncated (or without its spikes): a one-line error naming it before
+    any sample is scored, not a crash that throws the whole evaluation away at the end."""
+    import shutil
+    import numpy as np
+    _, data, ckpt = trained
+    copy = tmp_path / "data"
+    shutil.copytree(os.path.join(data, "U-CIFAR", "test"), copy / "U-CIFAR" / "test")
+    last = max((copy / "U-CIFAR" / "test").iterdir(), key=lambda p: int(p.stem))
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:-200])
+    else:
+        np.savez_compressed(last, label=np.int64(1))
+    scored = []
+    real_iqa = evaluate.NoReferenceIQA
+    monkeypatch.setattr(evaluate, "NoReferenceIQA", lambda *a, **k: scored.append(1) or real_iqa(*a, **k))
+    rc = evaluate.main(["--checkpoint", str(ckpt), "--data_root", str(copy), "--num_workers", "0",
+                        "--exp_root", str(tmp_path / "exp"), "--results_file", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(last) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert scored == [] and not (tmp_path / "r.json").exists()
+
+
+def test_simulated_baselines_are_calibrated_to_the_cameras_rate(trained, tmp_path):
+    """tiny_data was simulated at rate 0.6 (its simulation.json): TFP is the intensity estimate
+    count / frames / 0.6 on the network's absolute scale, not a 99.5th-percentile normalisation,
+    and the summary and the record say so."""
+    import numpy as np
+    from dataset import center_crop, center_window, load_npz
+    from metrics import psnr
+    _, data, ckpt = trained
+    results = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data_root", str(data), "--num_workers", "0",
+                          "--exp_root", str(tmp_path / "exp"), "--results_file", str(results)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "tinyrun" / "eval_CIFAR_test.csv")))
+    spk, _, _, gt = load_npz(os.path.join(data, "U-CIFAR", "test", rows[0]["file"]), with_gt=True)
+    spk, gt = center_crop(center_window(spk, 200), 32), center_crop(gt, 32)
+    tfp = torch.from_numpy(np.clip(spk.mean(0) / 0.6, 0, 1).astype(np.float32))[None, None]
+    expected = float(psnr(tfp, torch.from_numpy(gt.astype(np.float32) / 255)[None, None])[0])
+    assert float(rows[0]["tfp_psnr"]) == pytest.approx(expected, abs=1e-3)
+    record = json.loads(results.read_text())["runs"][0]
+    assert record["rate"] == 0.6 and "count / frames / rate 0.6" in record["baselines"]
+    summary = (tmp_path / "exp" / "tinyrun" / "eval_CIFAR_test_summary.md").read_text()
+    assert "baselines: TFP/TFI = spike count / frames / rate 0.6" in summary

@@ -318,3 +318,63 @@ def test_a_temporal_snn_runs_stateful_by_default_and_says_so(stream, tmp_path, c
     direct = save_checkpoint(SpikingLRN(time_steps=2, channels=CHANNELS).eval(), tmp_path / "direct.pth")
     assert run(direct, stream["dat"], tmp_path / "x.npy", "--end", 600) == 0
     assert "direct encoding, sliding window" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs: nothing the user had is lost, nothing half-written lands under the final name
+
+@pytest.mark.parametrize("name", ["old.npy", "old.mp4", "old.png"])
+def test_existing_output_is_replaced_only_with_overwrite(stream, tmp_path, capsys, name):
+    out = tmp_path / name
+    out.write_bytes(b"the user's file")
+    assert run(stream["ann"], stream["dat"], out, "--end", 400) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and "Traceback" not in err
+    assert out.read_bytes() == b"the user's file"
+    os.chmod(out, 0o640)
+    assert run(stream["ann"], stream["dat"], out, "--end", 400, "--overwrite") == 0
+    assert out.read_bytes() != b"the user's file" and os.stat(out).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_png_folder_overwrite_clears_the_old_sequence(stream, tmp_path, capsys):
+    seq = tmp_path / "seq"
+    assert run(stream["ann"], stream["dat"], seq, "--end", 400) == 0      # frames 0..4
+    (seq / "notes.txt").write_text("mine")
+    assert run(stream["ann"], stream["dat"], seq, "--end", 300) == 2
+    assert "--overwrite" in capsys.readouterr().err and len(list(seq.glob("*.png"))) == 5
+    assert run(stream["ann"], stream["dat"], seq, "--end", 300, "--overwrite") == 0
+    assert sorted(p.name for p in seq.iterdir()) == ["000000.png", "000001.png", "000002.png", "notes.txt"]
+
+
+def test_outputs_follow_the_umask_and_killed_runs_temp_files_are_removed(stream, tmp_path):
+    stale = [tmp_path / "a.npy.k3j_x9q2.tmp", tmp_path / "seq" / "000001.png.abcd1234.tmp"]
+    (tmp_path / "seq").mkdir()
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = tmp_path / "a.npy.notmine.tmp"
+    keep.write_bytes(b"someone else's")
+    old = os.umask(0o027)
+    try:
+        assert run(stream["ann"], stream["dat"], tmp_path / "a.npy", "--end", 400) == 0
+        assert run(stream["ann"], stream["dat"], tmp_path / "seq", "--end", 300) == 0
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.npy").st_mode & 0o777 == 0o640
+    assert os.stat(tmp_path / "seq" / "000000.png").st_mode & 0o777 == 0o640
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_failed_video_encoder_is_an_error_and_leaves_no_file(stream, tmp_path, capsys):
+    """ffmpeg that cannot finish the file (here: a file size limit, as a full disk) -> exit 2,
+    nothing under the output's name, no temp file."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))     # ffmpeg inherits it
+    try:
+        rc = run(stream["ann"], stream["dat"], tmp_path / "v.mp4")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err
+    assert rc == 2 and "v.mp4" in err and "ffmpeg failed" in err
+    assert list(tmp_path.iterdir()) == []

@@ -219,6 +219,18 @@ def test_compare_a_lower_validation_loss_is_better(results, capsys):
     assert fields["train.history"]["a"] == "1 entries"
 
 
+def test_compare_ranks_validation_losses_of_the_same_stage_only(results, capsys):
+    """best_val_score of a checkpoint chosen in stage 1 and one chosen in stage 3 are different
+    losses: shown side by side, no winner."""
+    for name, score, stage in (("a", 0.5, "coarse"), ("b", 0.3, "fine"), ("c", 0.4, "coarse")):
+        rt.append_record({"run_name": name, "kind": "train", "dataset": "U-CIFAR",
+                          "train": {"best_val_score": score, "best_stage": stage}}, results)
+    _, out, _ = cli(capsys, "--file", results, "--compare", "a", "b", "--format", "json")
+    assert {f["field"]: f for f in json.loads(out)["fields"]}["train.best_val_score"]["better"] is None
+    _, out, _ = cli(capsys, "--file", results, "--compare", "a", "c", "--format", "json")
+    assert {f["field"]: f for f in json.loads(out)["fields"]}["train.best_val_score"]["better"] == "B"
+
+
 def test_compare_unknown_run(two_runs, capsys):
     code, _, err = cli(capsys, "--file", two_runs, "--compare", "a", "nope")
     assert code == 1 and "nope" in err
@@ -318,3 +330,33 @@ def test_concurrent_writers_lose_nothing(results):
     for w in range(4):  # each writer's records are all there, in its own order
         assert [r["train"]["epochs"] for r in runs if r["run_name"] == f"w{w}"] == list(range(25))
     assert [n for n in os.listdir(os.path.dirname(results)) if n.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("case", ["lock is a folder", "lock in /proc", "lock is a dangling link"])
+def test_start_check_fails_exactly_where_the_append_would(tmp_path, case):
+    """A results file whose lock cannot be made passed the start check, and the job's record
+    was lost at its end: the check must try what append_record() does."""
+    path = str(tmp_path / "results.json")
+    if case == "lock is a folder":
+        os.mkdir(path + ".lock")
+    elif case == "lock in /proc":
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        path = "/proc/results.json"
+    else:
+        os.symlink(str(tmp_path / "gone" / "x.lock"), path + ".lock")
+    with pytest.raises(rt.InputError, match="results.json") as exc:
+        rt.check_results_file(path)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(Exception):
+        rt.append_record({"run_name": "r", "kind": "evaluate"}, path)
+    assert not os.path.exists(path)
+
+
+def test_start_check_leaves_nothing_but_the_lock(tmp_path):
+    path = tmp_path / "results.json"
+    rt.check_results_file(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json.lock"]
+    rt.append_record({"run_name": "r", "kind": "evaluate"}, str(path))
+    rt.check_results_file(str(path))
+    assert len(rt.load_records(str(path))) == 1

@@ -2,6 +2,7 @@
 import dataclasses
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -216,6 +217,59 @@ def test_no_noise_flag(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# A rerun into a data root that already holds files
+
+SMALL = ["--num_train", "1", "--num_test", "1", "--frame_size", "24", "--num_frames", "20", "--workers", "1"]
+
+
+def split_bytes(root):
+    return {key: open(os.path.join(root, "U-CIFAR", key[0], key[1]), "rb").read() for key in read_split(root)}
+
+
+def test_rerun_with_other_settings_is_refused_and_keeps_the_files(tmp_path, capsys):
+    root = str(tmp_path / "d")
+    assert gen.main(SMALL + ["--data_root", root]) == 0                       # low light
+    before = split_bytes(root)
+    capsys.readouterr()
+    assert gen.main(SMALL + ["--data_root", root, "--light", "normal"]) == 2
+    out, err = capsys.readouterr()
+    assert "simulating" not in out                                            # nothing claimed
+    assert err.count("\n") == 1 and "U-CIFAR" in err and "light 'low' (now 'normal')" in err
+    assert "--overwrite" in err and split_bytes(root) == before
+    assert gen.read_settings(root, "CIFAR")["light"] == "low"
+    # --overwrite replaces them: normal-light files and record
+    assert gen.main(SMALL + ["--data_root", root, "--light", "normal", "--overwrite"]) == 0
+    assert "simulating 20 samples (normal light, rate 0.6" in capsys.readouterr().out
+    after = read_split(root)
+    assert len(after) == 20 and all(v["spk"].shape == (20, 24, 24) for v in after.values())
+    assert np.mean([v["spk"].mean() for v in after.values()]) > 0.1          # 0.6 rate, not ~0.03
+    settings = gen.read_settings(root, "CIFAR")
+    assert settings["light"] == "normal" and settings["camera"]["rate"] == 0.6
+
+
+def test_rerun_with_the_same_settings_completes_a_killed_run(tmp_path, capsys):
+    root = str(tmp_path / "d")
+    assert gen.main(SMALL + ["--data_root", root]) == 0
+    before = split_bytes(root)
+    folder = tmp_path / "d" / "U-CIFAR" / "test"
+    os.remove(folder / "15.npz")
+    (folder / "15.npz.abcd_123.tmp").write_bytes(b"half")
+    capsys.readouterr()
+    assert gen.main(SMALL + ["--data_root", root]) == 0
+    assert "simulating 1 samples" in capsys.readouterr().out
+    assert split_bytes(root) == before and not (folder / "15.npz.abcd_123.tmp").exists()
+
+
+def test_files_without_a_settings_record_are_refused(tmp_path, capsys):
+    folder = tmp_path / "d" / "U-CIFAR" / "train"
+    folder.mkdir(parents=True)
+    (folder / "0.npz").write_bytes(b"real data")
+    assert gen.main(SMALL + ["--data_root", str(tmp_path / "d")]) == 2
+    assert "1 .npz files with no simulation.json" in capsys.readouterr().err
+    assert (folder / "0.npz").read_bytes() == b"real data"
+
+
+# ----------------------------------------------------------------------------------------------
 # Built-in procedural source
 
 def test_procedural_classes_have_distinct_latent_images():
@@ -310,6 +364,29 @@ def test_source_dir_too_few_images_is_an_error(tmp_path, capsys):
     assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "1", "--workers", "1",
                      "--data_root", str(tmp_path / "out")]) == 2
     assert "frog" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["text.jpg", "truncated.jpg", "truncated.png"])
+def test_an_image_that_does_not_decode_is_named_when_the_folder_is_opened(tmp_path, capsys, bad):
+    """--simulate_from: found when SimulatedStreams opens the folder, not when the sampler first
+    draws the file (possibly hours in); the same for generate_synthetic_data.py --source_dir."""
+    src = str(tmp_path / "src")
+    make_image_folder(src, ["airplane", "frog"], per_class=2, size=64)
+    path = os.path.join(src, "frog", bad)
+    if bad == "text.jpg":
+        open(path, "w").write("not an image\n")
+    else:
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 2])
+    with pytest.raises(InputError, match=re.escape(path)):
+        gen.SimulatedStreams(src, "CIFAR", gen.LIGHT["normal"], 32, 50)
+    assert gen.main(["--source_dir", src, "--num_train", "1", "--num_test", "0", "--workers", "1",
+                     "--data_root", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert path in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "U-CIFAR" / "train" / "0.npz")
 
 
 @pytest.mark.parametrize("flag,value", [("--rate", "0"), ("--rate", "nan"), ("--frame_size", "-5"),

@@ -76,10 +76,20 @@ def test_our_checkpoint_as_teacher_of_a_temporal_student(tmp_path):
     teacher = train.Teacher(str(path), student_bins=4 * UHSR_BINS, device="cpu")
     assert teacher.identity["model"] == "ANN (plain-CNN LRN)" and teacher.identity["run"] == "ann_run"
     assert not any(p.requires_grad for p in teacher.model.parameters()) and not teacher.model.training
-    temporal = torch.randint(0, 2, (2, 4 * UHSR_BINS, 12, 12)).float()     # 1 frame per bin
-    direct = temporal.view(2, UHSR_BINS, 4, 12, 12).sum(2)                  # 4 frames per bin
+    # 200 frames, 1 frame per temporal bin; the direct voxel, written by hand: 4 frames per bin.
+    # Pixel (0, 0) fires on frames 0-3 -> direct bin 0 holds 4; pixel (5, 7) on frames 1, 2 and
+    # 199 -> bin 0 holds 2, bin 49 holds 1; pixel (11, 11) on every 8th frame -> even bins 1.
+    temporal = torch.zeros(1, 4 * UHSR_BINS, 12, 12)
+    temporal[0, 0:4, 0, 0] = 1
+    temporal[0, [1, 2, 199], 5, 7] = 1
+    temporal[0, 0::8, 11, 11] = 1
+    direct = torch.zeros(1, UHSR_BINS, 12, 12)
+    direct[0, 0, 0, 0] = 4
+    direct[0, 0, 5, 7], direct[0, 49, 5, 7] = 2, 1
+    direct[0, 0::2, 11, 11] = 1
     with torch.no_grad():
         assert torch.allclose(teacher(temporal), net.eval()(direct), atol=1e-6)
+        assert not torch.allclose(teacher(temporal), net(direct.roll(1, dims=1)), atol=1e-6)   # bins matter
     out = teacher(temporal.requires_grad_())
     assert not out.requires_grad                                             # no graph through the teacher
     snn = SpikingLRN(UHSR_BINS, time_steps=4, encoding="temporal")

@@ -66,17 +66,37 @@ def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
     assert b["macs"] == 2 * 32 * 32 * 9 * 20624 + 32 * 32 * 9 * 50      # T=2 chain + the linear skip once
 
 
-def test_benchmark_without_data_uses_simulated_spikes_and_says_how_long(tiny_run, tmp_path, capsys):
+def test_benchmark_without_data_simulates_the_checkpoints_own_camera(tiny_run, tmp_path, capsys):
+    """No data at --data_root: the firing rates come from the camera the checkpoint was trained
+    on (tiny_run: normal-light files, recorded in their simulation.json), never low light."""
     results = tmp_path / "results.json"
     assert test_script.main(["--checkpoint", tiny_run["ckpt"], "--data_root", str(tmp_path / "nothing"),
                              "--benchmark", "--bench_runs", "2", "--bench_batches", "1",
                              "--results_file", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "simulated low-light streams" in out
+    assert "simulated normal-light streams" in out and "low-light" not in out
     assert "latency, batch 1: 4 timed calls, about" in out and "throughput, batch 1:" in out
+    assert "45 nm" in out and "memory traffic" in out and "MAC 4.6 pJ" in out
     b = json.loads(results.read_text())["runs"][0]["benchmark"]
-    assert b["firing_rates_input"].startswith("8 simulated low-light streams")
+    assert b["firing_rates_input"].startswith("8 simulated normal-light streams")
     assert all(0 < r < 1 for r in b["firing_rates"].values())
+    assert "memory traffic" in b["energy_model"] and "AC 0.9 pJ" in b["energy_model"]
+
+
+def test_benchmark_with_no_data_and_unknown_camera_gives_no_sops(tiny_run, tmp_path, capsys):
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    ckpt["opt"]["data_root"] = str(tmp_path / "gone")          # its training data is not here
+    path = tmp_path / "exp" / "moved" / "ckpts" / "checkpoint_best.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(ckpt, path)
+    results = tmp_path / "results.json"
+    assert test_script.main(["--checkpoint", str(path), "--data_root", str(tmp_path / "nothing"),
+                             "--benchmark", "--bench_runs", "2", "--bench_batches", "1",
+                             "--results_file", str(results)]) == 0
+    assert "no SOPs or theoretical energy" in capsys.readouterr().out
+    b = json.loads(results.read_text())["runs"][0]["benchmark"]
+    assert b["sops"] is None and b["theoretical_energy_mj"] is None and b["firing_rates"] == {}
+    assert b["firing_rates_input"].startswith("not measured")
 
 
 def test_default_benchmark_work_is_sized_to_the_device(tiny_run, tmp_path, capsys):
@@ -182,11 +202,16 @@ def test_synaptic_ops_arithmetic():
     ops = metrics.synaptic_ops(snn, (50, 10, 10), rates)
     px, t = 100 * 9, 4
     layer_macs = [px * 50 * 64, px * 64 * 128, px * 128 * 64, px * 64 * 16, px * 16 * 1]
-    assert ops["mac_ops"] == layer_macs[0] * t                  # the voxel is not binary
+    # the voxel is not binary: conv1 is MACs, once per image for direct encoding (its input is
+    # the same at every step, and the fast path runs it once), T times for temporal encoding
+    assert ops["mac_ops"] == layer_macs[0]
+    temporal = metrics.synaptic_ops(SpikingLRN(time_steps=4, encoding="temporal"),
+                                    (50, 10, 10), rates)
+    assert temporal["mac_ops"] == layer_macs[0] * t
     expected_sops = sum(r * m * t for r, m in zip(rates, layer_macs[1:]))
     assert ops["sops"] == pytest.approx(expected_sops)
     assert ops["theoretical_energy_mj"] == pytest.approx(
-        (layer_macs[0] * t * 4.6 + expected_sops * 0.9) * 1e-9)
+        (layer_macs[0] * 4.6 + expected_sops * 0.9) * 1e-9)
     assert [layer["op"] for layer in ops["layers"]] == ["MAC", "AC", "AC", "AC", "AC"]
     # the plain CNN: every MAC at 4.6 pJ, no synaptic operations
     ann = metrics.synaptic_ops(PlainLRN(), (50, 10, 10), torch.zeros(0))

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import generate_synthetic_data
 import train
@@ -31,9 +32,11 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def test_three_stages_run_and_write_the_run_folder(tmp_path, data_root, monkeypatch):
+def test_three_stages_run_and_write_the_run_folder(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run(tmp_path, data_root, "e2e", "--epochs_coarse", "4", "--epochs_prompt", "2", "--epochs_fine", "2") == 0
+    # no --hq_dir: the training files' gt stands in for the high-quality bank, said once and recorded
+    assert capsys.readouterr().out.count("!! no --hq_dir") == 1
     run_dir = tmp_path / "exp" / "e2e"
     for sub in ("ckpts/checkpoint_best.pth", "ckpts/checkpoint_last.pth", "opt.json"):
         assert (run_dir / sub).exists(), sub
@@ -53,35 +56,29 @@ def test_three_stages_run_and_write_the_run_folder(tmp_path, data_root, monkeypa
     assert ckpt["clip"]["clip_random_init"] is True                    # the warning travels with the weights
     records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
     assert records[-1]["kind"] == "train" and records[-1]["clip_random_init"] is True
+    assert any("no --hq_dir" in w for w in records[-1]["warnings"])
+    assert records[-1]["train"]["hq_bank"].startswith("clean gt images of the training files")
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, data_root, monkeypatch):
+    """Killed inside a stage (its optimizer continues), after its last epoch, at a stage boundary,
+    and inside the last stage (the prompt stage's bank draws behind it): each resumed run ends
+    bit-identical."""
     monkeypatch.chdir(tmp_path)
     schedule = ["--epochs_coarse", "2", "--epochs_prompt", "1", "--epochs_fine", "2"]
     assert run(tmp_path, data_root, "straight", *schedule) == 0
-
-    saves = {"n": 0}
-    real_save = train.atomic_torch_save
-
-    def crash_after_third_last_checkpoint(obj, path):
-        real_save(obj, path)
-        if path.endswith("checkpoint_last.pth"):
-            saves["n"] += 1
-            if saves["n"] == 3:       # coarse epoch 2 done, then the stage hand-over: mid-run
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "atomic_torch_save", crash_after_third_last_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, data_root, "interrupted", *schedule)
-    monkeypatch.setattr(train, "atomic_torch_save", real_save)
-    assert run(tmp_path, data_root, "interrupted", "--resume") == 0
-
     a = load(tmp_path / "exp" / "straight" / "ckpts" / "checkpoint_last.pth")
-    b = load(tmp_path / "exp" / "interrupted" / "ckpts" / "checkpoint_last.pth")
-    for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
-    torch.testing.assert_close(b["prompts"]["ctx"], a["prompts"]["ctx"], rtol=0, atol=0)
-    assert [h["val_score"] for h in b["history"]] == [h["val_score"] for h in a["history"]]
+    # checkpoint_last.pth writes: coarse 1, coarse 2 (its end still to do), end of coarse, prompt 1,
+    # end of prompt, fine 1, ...
+    for after in (1, 2, 3, 6):
+        name = f"interrupted{after}"
+        interrupted_run(tmp_path, data_root, monkeypatch, name, *schedule, after=after)
+        assert run(tmp_path, data_root, name, "--resume") == 0
+        b = load(tmp_path / "exp" / name / "ckpts" / "checkpoint_last.pth")
+        for key in a["model"]:
+            torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=0, msg=f"{after}: {key}")
+        torch.testing.assert_close(b["prompts"]["ctx"], a["prompts"]["ctx"], rtol=0, atol=0)
+        assert [h["val_score"] for h in b["history"]] == [h["val_score"] for h in a["history"]]
 
 
 def test_rerun_without_resume_and_wrong_architecture_are_refused(tmp_path, data_root, monkeypatch, capsys):
@@ -136,9 +133,21 @@ def test_resume_applies_or_refuses_typed_options_never_ignores_them(tmp_path, da
     ckpt = load(run_dir / "ckpts" / "checkpoint_last.pth")
     assert ckpt["opt"]["backend"] == "snntorch" and ckpt["opt"]["stage_epochs"] == [2, 1, 2]
     assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 2 + ["prompt"] + ["fine"] * 2
-    # the run is complete: more epochs of a finished stage are refused, not ignored
-    assert run(tmp_path, data_root, "typed", "--resume", "--epochs_fine", "3") == 2
-    assert "stage fine is finished" in capsys.readouterr().err
+    # the run is complete: plain --resume says what ran and trains nothing
+    assert run(tmp_path, data_root, "typed", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "the run is complete (coarse 2 epochs, prompt 1 epoch, fine 2 epochs)" in out and "--epochs_fine" in out
+    assert load(run_dir / "ckpts" / "checkpoint_last.pth")["history"] == ckpt["history"]
+    # more epochs of its last stage are trained; a stage before it is finished
+    assert run(tmp_path, data_root, "typed", "--resume", "--epochs_prompt", "2") == 2
+    assert "stage prompt is finished (1 epochs)" in capsys.readouterr().err
+    assert run(tmp_path, data_root, "typed", "--resume", "--epochs_fine", "3") == 0
+    assert "stage fine, epoch 2 (a finished stage given more epochs" in capsys.readouterr().out
+    ckpt = load(run_dir / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 2 + ["prompt"] + ["fine"] * 3
+    assert ckpt["opt"]["stage_epochs"] == [2, 1, 3] and ckpt["stage"] == len(train.STAGES)
+    records = json.loads((tmp_path / "experiment_results.json").read_text())["runs"]
+    assert [len(r["train"]["history"]) for r in records] == [5, 6]      # each finished session records
 
 
 def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, monkeypatch, capsys):
@@ -164,7 +173,7 @@ def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, mo
     # its own checkpoint resumes, and a temp file left by a killed write is cleaned up
     (snn / "ckpts" / "checkpoint_last.pth").write_bytes(own)
     (snn / "opt.json").write_bytes(kept["opt.json"])
-    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d.tmp"
+    stale = snn / "ckpts" / "checkpoint_best.pth.k1ll3d_0.tmp"
     stale.write_bytes(b"half a checkpoint")
     unrelated = snn / "ckpts" / "notes.tmp"
     unrelated.write_bytes(b"the user's")
@@ -258,11 +267,18 @@ def test_early_stop_ends_a_stage_after_patience_epochs_without_improvement(tmp_p
         return total * 0 + 1.0, terms
 
     monkeypatch.setattr(train.StageLoss, "coarse", flat_coarse)
+    hq = tmp_path / "hq" / "any" / "layout"
+    hq.mkdir(parents=True)
+    for k in range(3):
+        Image.new("L", (40, 48), 60 * k).save(hq / f"{k}.png")
     assert run(tmp_path, data_root, "early", "--epochs_coarse", "5", "--epochs_prompt", "1", "--epochs_fine", "1",
-               "--early_stop", "--patience", "2") == 0
+               "--early_stop", "--patience", "2", "--hq_dir", str(tmp_path / "hq")) == 0
     ckpt = load(tmp_path / "exp" / "early" / "ckpts" / "checkpoint_last.pth")
     stages = [h["stage"] for h in ckpt["history"]]
     assert stages == ["coarse"] * 3 + ["prompt", "fine"], stages        # 1 best + 2 without improvement
+    opt = json.loads((tmp_path / "exp" / "early" / "opt.json").read_text())
+    assert opt["hq_bank"] == f"--hq_dir {tmp_path / 'hq'} (3 images)"
+    assert not any("no --hq_dir" in w for w in ckpt["clip"]["warnings"])
 
 
 def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root, monkeypatch, capsys):
@@ -277,6 +293,30 @@ def test_random_clip_switches_the_clip_terms_off_by_default(tmp_path, data_root,
     assert ckpt["opt"]["clip_weight"] == 0 and ckpt["opt"]["prompt_weight"] == 0
     assert all("train_clip" not in h for h in ckpt["history"])             # the term is not computed
     assert any("losses are OFF" in w for w in ckpt["clip"]["warnings"])
+    opt = json.loads((tmp_path / "exp" / "offline" / "opt.json").read_text())
+    assert opt["hq_bank"] == "none (the prompt stage does not run)"               # and no gt is read for it
+    # offline, only the coarse and fine epochs train: none of them is refused, not a run of nothing
+    argv[argv.index("offline")] = "nothing"
+    assert train.main(argv[:-6] + ["--epochs_coarse", "0", "--epochs_prompt", "2", "--epochs_fine", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "only the coarse and fine epochs train" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "exp" / "nothing").exists()
+
+
+def test_offline_run_records_the_score_of_its_best_checkpoint(tmp_path, data_root, monkeypatch):
+    """An offline run (random CLIP: every epoch in stage 1) has no stage-3 epochs; its record
+    must still carry the score that selected checkpoint_best.pth, so runs can be ranked."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", data_root, "--exp_root", str(tmp_path / "exp"), "--exp_name", "off",
+            *[a for a in TINY_TRAIN if a != "--random_clip_terms"], "--epochs", "3"]
+    assert train.main(argv) == 0
+    record = json.loads((tmp_path / "experiment_results.json").read_text())["runs"][-1]["train"]
+    history = record["history"]
+    assert len(history) >= 2 and {h["stage"] for h in history} == {"coarse"}
+    best = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_best.pth")
+    assert record["best_val_score"] == best["val_score"] == min(h["val_score"] for h in history)
+    assert record["best_stage"] == "coarse"
+    assert history[record["best_epoch"] - 1]["val_score"] == record["best_val_score"]
 
 
 def test_augmented_training_views_match_spikes_and_gt(data_root):
@@ -301,7 +341,6 @@ def test_augmented_training_views_match_spikes_and_gt(data_root):
 def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypatch, capsys):
     """--simulate_from: fresh captures of photographs; the files' own scenes are excluded."""
     import numpy as np
-    from PIL import Image
     src = tmp_path / "photos"
     rng = np.random.default_rng(0)
     for name in UCIFAR_CLASSES[:2]:
@@ -315,11 +354,16 @@ def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypat
     assert item["voxel"].shape == (50, 24, 24) and item["voxel"].dtype == torch.uint8
     assert item["tfp"].shape == item["gt"].shape == (1, 24, 24) and item["has_gt"]
     monkeypatch.chdir(tmp_path)
-    assert run(tmp_path, data_root, "onthefly", "--simulate_from", str(src), "--light", "low",
-               "--epoch_size", "8", "--recon_target", "gt", "--epochs_coarse", "2", "--epochs_prompt", "0",
-               "--epochs_fine", "0") == 0
+    argv = ["--simulate_from", str(src), "--epoch_size", "8", "--recon_target", "gt",
+            "--epochs_coarse", "2", "--epochs_prompt", "0", "--epochs_fine", "0"]
+    # conftest.tiny_data is normal light: a low-light simulation beside it is another camera
+    capsys.readouterr()
+    assert run(tmp_path, data_root, "wronglight", *argv, "--light", "low") == 2
+    err = capsys.readouterr().err
+    assert "--light low" in err and "pass the --light" in err and "normal" in err and len(err.strip().splitlines()) == 1
+    assert run(tmp_path, data_root, "onthefly", *argv, "--light", "normal") == 0
     out = capsys.readouterr().out
-    assert "simulated on the fly (low light) from 6 images" in out         # no file shows these photos
+    assert "simulated on the fly (normal light) from 6 images" in out      # no file shows these photos
     ckpt = load(tmp_path / "exp" / "onthefly" / "ckpts" / "checkpoint_last.pth")
     assert [h["stage"] for h in ckpt["history"]] == ["coarse", "coarse"]
 
@@ -377,7 +421,7 @@ def test_bad_data_and_results_file_are_one_line_errors(tmp_path, data_root, monk
     assert not (tmp_path / "exp" / "badresults").exists()    # refused before training
 
 
-def test_resuming_an_offline_run_with_more_epochs_keeps_them_in_stage_1(tmp_path, data_root, monkeypatch):
+def test_resuming_an_offline_run_with_more_epochs_keeps_them_in_stage_1(tmp_path, data_root, monkeypatch, capsys):
     """An interrupted offline run resumed with a typed --epochs: the epochs are folded into stage
     1 as at the start, not re-split over CLIP stages whose weights are 0."""
     monkeypatch.chdir(tmp_path)
@@ -398,3 +442,11 @@ def test_resuming_an_offline_run_with_more_epochs_keeps_them_in_stage_1(tmp_path
     ckpt = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_last.pth")
     assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 4
     assert ckpt["opt"]["stage_epochs"] == [4, 0, 0]
+    # finished: a plain --resume says what ran, not "three stages"; a larger --epochs trains on in stage 1
+    capsys.readouterr()
+    assert train.main(argv + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "the run is complete (coarse 4 epochs; prompt and fine did not run (CLIP terms off))" in out
+    assert train.main(argv + ["--resume", "--epochs", "6"]) == 0                                # [2, 1, 3] -> [5, 0, 0]
+    ckpt = load(tmp_path / "exp" / "off" / "ckpts" / "checkpoint_last.pth")
+    assert [h["stage"] for h in ckpt["history"]] == ["coarse"] * 5 and ckpt["opt"]["stage_epochs"] == [5, 0, 0]
