@@ -8,7 +8,8 @@ Every output frame is the network's image of one window of UHSR_FRAMES (200) spi
 window it was trained on; from one output frame to the next the window moves --stride frames.
 - A temporal-encoding SNN runs *stateful*: each new slice of 200/T frames is one time step, the
   membranes carry on from the step before, and an output frame is the mean readout of the last
-  T steps (from zero membranes that is exactly forward() on its window). --reset_every N starts
+  T steps plus the linear skip of their window (from zero membranes that is exactly forward() on
+  its window). --reset_every N starts
   every N-th output frame from rest: the frames after it are exactly those of a fresh run there.
 - Stateless models (direct-encoding SNN, the plain CNN of --arch ann), and a temporal SNN with
   --sliding, run every window on its own from zero, --batch windows per device call.
