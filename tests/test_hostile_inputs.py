@@ -118,7 +118,8 @@ def test_a_missing_simulate_from_folder_is_refused_when_parsed(tmp_path, capsys)
                 str(tmp_path / "photos"))
 
 
-@pytest.mark.parametrize("flag,value", [("--tfp_window", "41"), ("--rate", "0.6"), ("--gt", "x.png")])
+# (--rate applies to a simulated data root too: it calibrates TFP/TFI to the camera)
+@pytest.mark.parametrize("flag,value", [("--tfp_window", "41"), ("--gt", "x.png")])
 def test_stream_options_without_a_stream_are_refused(flag, value, capsys):
     parse_error(capsys, evaluate.get_args, ["--checkpoint", "x.pth", flag, value], flag, "--dat")
 
