@@ -4,12 +4,13 @@ and the plain-CNN LRN of the original SpikeCLIP for comparison.
 Spiking LRN, per time step t (membranes carried from step to step):
     conv3x3(50->64)+BN -> LIF -> conv(64->128)+BN -> LIF -> conv(128->64)+BN -> LIF
     -> conv(64->16)+BN -> LIF -> conv(16->1)  analog readout;   image = mean_t readout_t
-Optional linear skip (--linear_skip): a conv3x3(50->1) of the step's input added to each step's
-readout, so the network learns a linear spatio-temporal filter of the spikes (TFP is one such
-filter: the mean of the centre bins / rate) and the spiking layers learn what that filter cannot
-do (edges under motion, noise); the readout then starts at zero, so training starts from the
-linear image (train.py fits the skip by least squares and keeps it fixed). Without it the
-spiking path must also learn the overall intensity scale.
+Optional linear skip (--linear_skip): a conv3x3 of the whole input voxel (50 bins, or T*50 for
+temporal encoding) to 1 channel added to the image, so the network learns a linear
+spatio-temporal filter of the window's spikes (TFP is one such filter: the mean of the centre
+bins / rate) and the spiking layers learn what that filter cannot do (edges under motion,
+noise); the readout then starts at zero, so training starts from the linear image (train.py fits
+the skip by least squares and keeps it fixed). Without it the spiking path must also learn the
+overall intensity scale.
 LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
     mem_t = beta * mem_{t-1} + I_t - theta * H(mem_{t-1} - theta)      (the reset is detached)
     spk_t = H(mem_t - theta)            backward: a surrogate derivative of H
@@ -111,14 +112,20 @@ class _Spike(torch.autograd.Function):
 def _lif_sequence_traceable(current, beta, threshold, surrogate_name):
     """The same recurrence in out-of-place ops, for torch.compile: inductor fuses the whole
     T-step loop of a layer into one kernel (forward and backward)."""
-    mem = torch.zeros_like(current[0])
-    spk = torch.zeros_like(current[0])
+    rest = torch.zeros_like(current[0])
+    return lif_steps(current, rest, rest, beta, threshold, surrogate_name)[0]
+
+
+def lif_steps(current, mem, spk, beta, threshold, surrogate_name="atan"):
+    """LIF neurons over K steps from a carried state (membranes `mem`, last spikes `spk`, each
+    [B, C, H, W]): current [K, B, C, H, W] -> (spikes [K, B, C, H, W], last membranes).
+    Differentiable through the surrogate within the K steps."""
     spikes = []
-    for t in range(current.shape[0]):
-        mem = beta * mem + current[t] - threshold * spk.detach()    # detached reset, as snnTorch
+    for cur in current.unbind(0):   # one backward node for all steps (indexing makes one per step)
+        mem = beta * mem + cur - threshold * spk.detach()           # detached reset, as snnTorch
         spk = _Spike.apply(mem - threshold, surrogate_name)
         spikes.append(spk)
-    return torch.stack(spikes)
+    return torch.stack(spikes), mem
 
 
 def lif_sequence(current, beta, threshold, surrogate_name="atan"):
@@ -126,12 +133,6 @@ def lif_sequence(current, beta, threshold, surrogate_name="atan"):
     if torch.compiler.is_compiling():
         return _lif_sequence_traceable(current, beta, threshold, surrogate_name)
     return _LIFSequence.apply(current, beta, threshold, surrogate_name)
-
-
-def lif_step(current, mem, spk_prev, beta, threshold):
-    """One LIF step without autograd bookkeeping (streaming inference)."""
-    mem = beta * mem + current - threshold * spk_prev
-    return (mem > threshold).to(current.dtype), mem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class SpikingLRN(nn.Module):
                                    for i in range(len(channels)))
         self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in channels)
         self.readout = nn.Conv2d(channels[-1], 1, 3, padding=1)
-        self.skip = nn.Conv2d(in_bins, 1, 3, padding=1) if linear_skip else None
+        self.skip = nn.Conv2d(self.input_channels, 1, 3, padding=1) if linear_skip else None
         if linear_skip:   # start from the linear image; the spiking path learns the correction
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
@@ -200,15 +201,11 @@ class SpikingLRN(nn.Module):
             image = image + self.linear_path(x)
         return (image, rates) if return_rates else image
 
-    def linear_input(self, x):
-        """The linear skip's input: the mean step input [B, 50, H, W] (mean_t skip(x_t) =
-        skip(mean_t x_t), so one conv serves all steps)."""
-        return self._step_inputs(x).mean(0)
-
     def linear_path(self, x):
-        """The linear skip alone, the spiking readout left out: voxel [B, C, H, W] -> [B, 1, H, W].
-        A fitted linear filter of the spikes, the baseline the spiking layers must beat."""
-        return self.skip(self.linear_input(x))
+        """The linear skip alone, the spiking readout left out: voxel [B, C, H, W] -> [B, 1, H, W]
+        (a 3x3 conv of the whole window's bins). A fitted linear filter of the spikes, the
+        baseline the spiking layers must beat."""
+        return self.skip(x)
 
     # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
     def _forward_snntorch(self, x):
@@ -236,7 +233,7 @@ class SpikingLRN(nn.Module):
             # numbers exactly.
             return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         n = y.shape[0] // steps
-        if bn.track_running_stats and steps == 1 and self.time_steps > 1:
+        if bn.track_running_stats and self.encoding == "direct" and steps == 1 and self.time_steps > 1:
             # direct encoding: the reference normalises the same conv1 output at each of the T
             # steps, so its running statistics move T times with the same batch statistics
             # (T-1 here, the last in batch_norm below; done first because batch_norm's backward
@@ -247,8 +244,10 @@ class SpikingLRN(nn.Module):
         # native batch_norm per time step: its fused backward is much cheaper than composing
         # mean/var/normalise, and each call updates the running statistics once, as a step of
         # the reference loop does
-        chunks = [F.batch_norm(y[t * n:(t + 1) * n], bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                               True, bn.momentum, bn.eps) for t in range(steps)]
+        # (split, not slicing: one backward node, where each slice's backward fills a zero tensor
+        # of the whole batch)
+        chunks = [F.batch_norm(y_t, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, bn.momentum,
+                               bn.eps) for y_t in y.split(n)]
         out = chunks[0] if steps == 1 else torch.cat(chunks)
         if bn.track_running_stats:
             bn.num_batches_tracked += steps
@@ -287,36 +286,41 @@ class SpikingLRN(nn.Module):
         return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype),) * 2
                 for c in self.convs]
 
-    @torch.no_grad()
     def steps(self, x_steps, state):
-        """K time steps in a row (eval mode): x_steps [K, B, 50, H, W] -> (analog frames
-        [K, B, 1, H, W], new state).
+        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (spiking
+        readouts [K, B, 1, H, W], new state); window_image() makes a window's image of them.
 
-        Feeding a long stream slice by slice, carrying the state, gives spike-to-video. Layer by
-        layer, as the fast path: each conv runs once on the [K*B] batch (one device call for K
-        steps), then the LIF recurrence walks the K steps from the carried membranes.
+        Feeding a long stream slice by slice, carrying the state, gives spike-to-video
+        (reconstruct.py); in training mode the K steps back-propagate, BN normalising each
+        step's batch on its own as forward() does (train.py --stateful). Layer by layer, as the
+        fast path: each conv runs once on the [K*B] batch (one device call for K steps), then
+        the LIF recurrence walks the K steps from the carried membranes.
         """
-        if self.training:
-            raise RuntimeError("steps() runs the network in eval mode: call model.eval() first")
         k, b = x_steps.shape[:2]
         h, new_state = x_steps.flatten(0, 1), []
         for l, (mem, spk) in enumerate(state):
-            cur = self._conv_bn(l, h, 1)
-            cur = cur.view(k, b, *cur.shape[1:])
-            spikes = torch.empty_like(cur)
-            for t in range(k):
-                spk, mem = lif_step(cur[t], mem, spk, self.beta, self.threshold)
-                spikes[t] = spk
-            new_state.append((mem, spk))
+            cur = self._conv_bn(l, h, k)
+            spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,
+                                    self.surrogate_name)
+            new_state.append((mem, spikes[-1]))
             h = spikes.flatten(0, 1)
         out = self.readout(h)
-        if self.skip is not None:
-            out = out + self.skip(x_steps.flatten(0, 1))
         return out.view(k, b, *out.shape[1:]), new_state
 
+    def window_image(self, readouts, voxel):
+        """The image of a window from the spiking readouts [T, B, 1, H, W] of its T steps
+        (steps()) and its voxel [B, C, H, W] (the linear skip's input): what forward() computes
+        from zero membranes, and the output frame of a stream with the state carried."""
+        image = readouts.mean(0)
+        return image if self.skip is None else image + self.linear_path(voxel)
+
+    @torch.no_grad()
     def step(self, x_t, state):
-        """One time step: x_t [B, 50, H, W] -> (analog frame [B, 1, H, W], new state). With the
-        same voxel at every step it reproduces forward() of direct encoding step by step."""
+        """One time step in eval mode: x_t [B, 50, H, W] -> (spiking readout [B, 1, H, W], new
+        state). With the same voxel at every step, window_image() of the T readouts is forward()
+        of direct encoding."""
+        if self.training:
+            raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
         out, state = self.steps(x_t[None], state)
         return out[0], state
 

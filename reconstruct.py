@@ -8,8 +8,9 @@ Every output frame is the network's image of one window of UHSR_FRAMES (200) spi
 window it was trained on; from one output frame to the next the window moves --stride frames.
 - A temporal-encoding SNN runs *stateful*: each new slice of 200/T frames is one time step, the
   membranes carry on from the step before, and an output frame is the mean readout of the last
-  T steps (from zero membranes that is exactly forward() on its window). --reset_every restarts
-  the membranes.
+  T steps plus the linear skip of their window (from zero membranes that is exactly forward() on
+  its window). --reset_every N starts
+  every N-th output frame from rest: the frames after it are exactly those of a fresh run there.
 - Stateless models (direct-encoding SNN, the plain CNN of --arch ann), and a temporal SNN with
   --sliding, run every window on its own from zero, --batch windows per device call.
 The stream is read a window (or a chunk of steps) at a time and unpacked on the device, so
@@ -71,7 +72,8 @@ def get_args(argv=None):
                         "40 kHz recording); a stateful SNN needs a multiple of its 200/T frames a step")
     g.add_argument("--fps", type=positive_float, default=30.0, help="frame rate of the written .mp4")
     g.add_argument("--reset_every", type=positive_int,
-                   help="stateful SNN: restart the membranes every N output frames (default: never)")
+                   help="stateful SNN: start every N-th output frame from rest (zero membranes, no kept "
+                        "readouts), exactly as a fresh run from its window (default: never)")
     g.add_argument("--sliding", action="store_true",
                    help="run a temporal-encoding SNN on independent windows (each from zero membranes) "
                         "instead of carrying its state; stateless models always do")
@@ -207,28 +209,38 @@ def sliding_frames(model, stream, first, num_out, stride, batch, device, autocas
 def stateful_frames(model, stream, first, num_out, stride, reset_every, batch, device, autocast):
     """A temporal-encoding SNN over consecutive slices of WINDOW / T frames, one time step each,
     membranes carried; `batch` steps per call. Output frame j is the mean readout of the T steps
-    of its window (the image forward() computes, there from zero membranes)."""
+    of its window (the image forward() computes, there from zero membranes). With reset_every N,
+    output frames kN.. kN+N-1 are exactly those of a fresh run that starts at frame kN's window:
+    membranes and kept readouts start from zero there (a window that overlaps the previous
+    segment's is run again from rest)."""
+    segment = reset_every or num_out
+    for j in range(0, num_out, segment):
+        yield from carried_frames(model, stream, first + j * stride, min(segment, num_out - j), stride,
+                                  batch, device, autocast)
+
+
+def carried_frames(model, stream, first, num_out, stride, batch, device, autocast):
+    """stateful_frames() from rest at spike frame `first`, never restarting."""
     steps_per_window = model.time_steps
     step_frames = WINDOW // steps_per_window
     steps_per_out = stride // step_frames
     num_steps = (num_out - 1) * steps_per_out + steps_per_window
-    reset_period = reset_every * steps_per_out if reset_every else num_steps
     h, w = stream.frame_shape
-    recent = collections.deque(maxlen=steps_per_window)        # readouts of the last T steps
-    s = 0
-    while s < num_steps:
-        if s % reset_period == 0:
-            state = model.init_state(1, h, w, device=device)
-        k = min(batch, num_steps - s, reset_period - s % reset_period)   # a restart opens a chunk
+    state = model.init_state(1, h, w, device=device)
+    recent = collections.deque(maxlen=steps_per_window)        # (readout, voxel) of the last T steps
+    for s in range(0, num_steps, batch):
+        k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
         voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)
         with torch.inference_mode(), autocast():
             readouts, state = model.steps(voxel[:, None], state)     # [k, 1, 1, H, W]
         for t in range(s, s + k):
-            recent.append(readouts[t - s, 0, 0].float())
+            recent.append((readouts[t - s].float(), voxel[t - s]))
             if t + 1 >= steps_per_window and (t + 1 - steps_per_window) % steps_per_out == 0:
-                yield to_image(torch.stack(tuple(recent)).mean(0))
-        s += k
+                window_readouts, window_voxel = zip(*recent)
+                with torch.inference_mode(), autocast():
+                    image = model.window_image(torch.stack(window_readouts), torch.cat(window_voxel)[None])
+                yield to_image(image[0, 0].float())
 
 
 def is_stateful(model, sliding):
@@ -430,7 +442,7 @@ def run(args):
     seconds = time.perf_counter() - t0
     print(f"{args.output}: {num_out} frame{'s' * (num_out != 1)} of {h}x{w} from spike frames "
           f"[{first}, {first + (num_out - 1) * args.stride + WINDOW}) of {stream.name} "
-          f"({describe(model, stateful)}, stride {args.stride}) in {seconds:.1f} s: "
+          f"({describe(model, stateful)}{restarts(args)}, stride {args.stride}) in {seconds:.1f} s: "
           f"{num_out / seconds:.2f} frames/s, {real_time(num_out, args, seconds):.3g}x real time "
           f"at {args.camera_hz / 1000:g} kHz")
     for problem in stream.problems:
@@ -443,12 +455,16 @@ def real_time(frames_out, args, seconds):
     return frames_out * args.stride / args.camera_hz / max(seconds, 1e-9)
 
 
+def restarts(args):
+    return f", from rest every {args.reset_every} output frames" if args.reset_every else ""
+
+
 def describe(model, stateful):
     cfg = model.config()
     if cfg["arch"] == "ann":
         return f"{model_name(cfg)}, sliding window"     # e.g. the original SpikeCLIP LRN
     return (f"SNN T={cfg['time_steps']} {cfg['encoding']} encoding, "
-            f"{'stateful' if stateful else 'sliding window'}")
+            f"{'stateful: membranes carried from frame to frame' if stateful else 'sliding window'}")
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on simulated data, end to end: generate -> train (three stages) ->
-# evaluate -> visualise -> benchmark -> compare runs. Sets itself up on first use.
+# evaluate -> visualise -> benchmark -> compare runs, then a video of the shipped models on a
+# simulated moving scene. Sets itself up on first use.
 # Sized to finish within ~10 minutes on a 2-core CPU: 40 training streams, small frames, a
 # 96-px crop, a five-epoch schedule with a raised learning rate. That is a working pipeline,
 # not a trained model: on a GPU machine raise the sizes below (e.g. CROP=224, more data/epochs).
@@ -29,4 +30,7 @@ step "evaluate vs TFP/TFI" $PY evaluate.py --checkpoint "$CKPT" --data_root "$DA
 step "visualise" $PY test.py --checkpoint "$CKPT" --data_root "$DATA" --num_samples 4
 step "benchmark" $PY test.py --checkpoint "$CKPT" --data_root "$DATA" --benchmark --bench_runs 20 --bench_batches 1,4
 step "all runs" $PY results_tracker.py
-echo "run.sh: total $SECONDS s; outputs in exp/$EXP/"
+VIDEO="exp/$EXP/stream.mp4"
+step "video: a simulated moving scene by the shipped models (TFP | TFI | direct | stateful)" \
+  $PY bench/stream_video.py --output "$VIDEO" --overwrite
+echo "run.sh: total $SECONDS s; outputs in exp/$EXP/; the shipped models side by side: $VIDEO"

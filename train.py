@@ -10,6 +10,8 @@ has it), or the output of a frozen trained reconstructor (--recon_target teacher
 one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN.
 Validation score: the current stage's own weighted loss on the validation split (lower is
 better); it drives --early_stop and checkpoint_best.pth.
+--stateful K trains stage 1 of a temporal-encoding SNN for streaming: K consecutive windows of
+one simulated recording in a row, the membranes carried as reconstruct.py carries them.
 
     python train.py --dataset cifar --exp_name cifar_snn --epochs 10 --hq_dir HQ_IMAGES
     torchrun --nproc_per_node=2 train.py --dataset cifar --exp_name cifar_ddp ...
@@ -118,6 +120,14 @@ def build_parser():
     g.add_argument("--tv_weight", type=non_negative_float, default=0.01, help="total variation of the output (stage 3)")
     g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
                    help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
+    g.add_argument("--stateful", type=positive_int, metavar="K",
+                   help="stage 1 of a temporal-encoding SNN on --simulate_from recordings with --recon_target gt: "
+                        "K consecutive windows of one recording in a row at a stride of one time step (200/T "
+                        "frames), the membranes carried from window to window as reconstruct.py runs the "
+                        f"network (back-propagation truncated every {STATEFUL_CHUNK} steps, where a recording "
+                        f"restarts from rest with probability {STATEFUL_RESTART}); each output frame (the mean "
+                        "readout of its window's T steps) is scored by L1 against the clean frame at its "
+                        "window's centre")
     g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
                                      "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
@@ -153,6 +163,8 @@ def get_args(argv=None):
                 f"(T = {', '.join(map(str, fits))})")
     if args.simulate_from and not os.path.isdir(args.simulate_from):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
+    if args.stateful and not args.resume:
+        check_stateful_options(p, args)
     args.explicit = typed_options(p, argv)
     args.stage_epochs = None   # a resumed run settles its schedule against the run's own (start_or_resume)
     if not args.resume:
@@ -164,6 +176,20 @@ def get_args(argv=None):
         except InputError as e:
             p.error(str(e))
     return args
+
+
+def check_stateful_options(parser, args):
+    """--stateful trains the reconstruction alone, one process, on simulated recordings."""
+    needs = {"--arch snn": args.arch == "snn", "--encoding temporal": args.encoding == "temporal",
+             "--simulate_from": bool(args.simulate_from), "--recon_target gt": args.recon_target == "gt",
+             "--epochs_prompt 0 --epochs_fine 0": args.epochs_prompt == 0 and args.epochs_fine == 0,
+             "--clip_weight 0 (or --clip_pretrained none)":
+                 args.clip_weight == 0 or (args.clip_pretrained == "none" and not args.random_clip_terms),
+             "one process": int(os.environ.get("WORLD_SIZE", "1")) == 1}
+    missing = [k for k, ok in needs.items() if not ok]
+    if missing:
+        parser.error(f"--stateful {args.stateful} trains stage 1 of a temporal SNN on simulated recordings "
+                     f"against their clean frames; it needs {', '.join(missing)}")
 
 
 def typed_options(parser, argv):
@@ -236,6 +262,10 @@ def simulated_train_set(args, val_files, bins):
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")
+    if args.stateful:
+        train_set = SimulatedRecordings(train_set, args.stateful, args.time_steps, UHSR_BINS)
+        print(f"--stateful {args.stateful}: each item one recording of {train_set.num_steps} time steps "
+              f"({train_set.num_steps * train_set.step_frames} frames), membranes carried")
     return train_set
 
 
@@ -442,8 +472,8 @@ FIT_BATCHES = 8
 
 @torch.no_grad()
 def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, teacher=None):
-    """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the mean
-    step input, plus bias) against the reconstruction target on FIT_BATCHES training batches.
+    """Closed-form start for --linear_skip: least squares of the skip conv (3x3 over the input
+    voxel, plus bias) against the reconstruction target on FIT_BATCHES training batches.
     Training then starts from the best linear image (TFP is one linear image; the fitted one
     also picks the window and a sharpening kernel) instead of spending epochs finding its scale.
     Returns the fit's RMSE. Runs before DDP wraps the model, which then broadcasts rank 0's fit."""
@@ -452,7 +482,7 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, te
         batch = to_device(batch, device)
         if teacher is not None:
             batch["teacher"] = teacher(batch["voxel"])
-        x = model.linear_input(batch["voxel"]).float()                       # [B, 50, H, W]
+        x = batch["voxel"].float()                                            # [B, C, H, W]
         patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
         a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 450]
@@ -844,11 +874,11 @@ def train_one_epoch(s, stage, loader, optimizer, progress, desc):
     sums, count = {}, 0
     for batch in bar:
         batch = to_device(batch, s.device)
-        loss, terms, _ = batch_loss(s, stage, batch, training=True)
-        optimizer.zero_grad(set_to_none=True)
-        s.scaler.scale(loss).backward()
-        s.scaler.step(optimizer)
-        s.scaler.update()
+        if s.args.stateful:
+            loss, terms = stateful_step(s, batch, optimizer)
+        else:
+            loss, terms, _ = batch_loss(s, stage, batch, training=True)
+            optimize(s, optimizer, loss)
         progress.global_step += 1
         count += 1
         step_values = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
@@ -864,6 +894,96 @@ def train_one_epoch(s, stage, loader, optimizer, progress, desc):
                     s.writer.add_scalar(f"{stage}/train_{k}", v, progress.global_step)
                 s.writer.add_scalar(f"{stage}/lr", optimizer.param_groups[0]["lr"], progress.global_step)
     return {k: float(v) / max(count, 1) for k, v in sums.items()}
+
+
+def optimize(s, optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(optimizer)
+    s.scaler.update()
+
+
+# ----------------------------------------------------------------------------------------------
+# --stateful: consecutive windows of one recording with the membranes carried, exactly as
+# reconstruct.py runs a temporal SNN on a stream, so that a carried state gives the image (and
+# the brightness) of a window from rest. Validation stays the stage's own: windows from rest.
+
+STATEFUL_CHUNK = 8        # time steps back-propagated together (2 windows at T=4), then detached
+STATEFUL_RESTART = 0.25   # chance that a chunk after a recording's first starts from rest
+
+
+class SimulatedRecordings(torch.utils.data.Dataset):
+    """--stateful K: each item one new simulated recording (SimulatedStreams.capture) of the
+    K - 1 + T time steps that K consecutive windows span at a stride of one step:
+    "voxel" uint8 [(K - 1 + T) * bins, S, S], step after step as temporal encoding takes it;
+    "gt" float [K, 1, S, S], the clean frame at the centre instant of window j (steps j..j+T-1)."""
+
+    def __init__(self, streams, windows, time_steps, bins):
+        self.streams, self.windows, self.bins = streams, windows, bins
+        self.images = streams.images
+        self.step_frames = UHSR_FRAMES // time_steps
+        self.num_steps = windows - 1 + time_steps
+
+    def __len__(self):
+        return len(self.streams)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))   # seeded per DataLoader worker
+        centres = [j * self.step_frames + (UHSR_FRAMES - 1) / 2 for j in range(self.windows)]
+        spk, gt, _ = self.streams.capture(rng, self.num_steps * self.step_frames, centres)
+        return {"voxel": torch.from_numpy(voxelize(spk, self.num_steps * self.bins, np.uint8)),
+                "gt": torch.from_numpy(gt.astype(np.float32) / 255.0)[:, None]}
+
+
+def carried_window_frames(model, x_steps, state, kept):
+    """reconstruct.py's stateful output frames over a chunk of steps x_steps [K, B, bins, S, S]
+    from `state`; kept: (readouts [n, B, 1, S, S], step inputs [n, B, bins, S, S]) of the
+    n <= T-1 steps before the chunk since rest. -> (frames [m, B, 1, S, S], the image of every
+    window of T consecutive steps that ends in the chunk (frames[0]'s window starts n steps before
+    it); the new state; what to keep for the next chunk)."""
+    readouts, state = model.steps(x_steps, state)
+    seq, inputs, t = torch.cat([kept[0], readouts]), torch.cat([kept[1], x_steps]), model.time_steps
+    keep = len(seq) - min(len(seq), t - 1)
+    m = len(seq) - t + 1
+    if m <= 0:
+        return seq[:0], state, (seq, inputs)
+    windows = torch.stack([seq[i:i + t] for i in range(m)], 1).flatten(1, 2)     # [T, m*B, 1, S, S]
+    voxels = torch.stack([inputs[i:i + t] for i in range(m)]).transpose(1, 2)    # [m, B, T, bins, S, S]
+    frames = model.window_image(windows, voxels.flatten(0, 1).flatten(1, 2))
+    return frames.view(m, *seq.shape[1:]), state, (seq[keep:], inputs[keep:])
+
+
+def stateful_step(s, batch, optimizer):
+    """One batch of recordings, STATEFUL_CHUNK steps at a time, an optimizer step after each chunk
+    (truncated back-propagation through time); the state and kept readouts pass on detached.
+    -> (mean weighted loss, {"recon": mean L1}) over the chunks."""
+    model = s.model
+    voxel, gt = batch["voxel"], batch["gt"]                       # [B, steps*bins, S, S], [B, K, 1, S, S]
+    b, _, h, w = voxel.shape
+    x = voxel.reshape(b, -1, model.in_bins, h, w).transpose(0, 1)   # [steps, B, bins, S, S]
+    losses = []
+    for c in range(0, len(x), STATEFUL_CHUNK):
+        if c == 0 or float(torch.rand(())) < STATEFUL_RESTART:
+            state = model.init_state(b, h, w, device=voxel.device)
+            kept = (x.new_zeros(0, b, 1, h, w), x[:0])
+        first = c - len(kept[0])                                    # window (start step) of frames[0]
+        with s.autocast():
+            frames, state, kept = carried_window_frames(model, x[c:c + STATEFUL_CHUNK], state, kept)
+        state = [(mem.detach(), spk.detach()) for mem, spk in state]
+        kept = (kept[0].detach(), kept[1])
+        if len(frames):
+            l1 = F.l1_loss(frames.float(), gt[:, first:first + len(frames)].transpose(0, 1))
+            optimize(s, optimizer, s.args.recon_weight * l1)
+            losses.append(l1.detach())
+    l1 = torch.stack(losses).mean()
+    return s.args.recon_weight * l1, {"recon": l1}
+
+
+def first_windows(loader, model):
+    """Recording batches -> their first windows as ordinary batches ("voxel", "gt"), e.g. for
+    fit_linear_skip: a window's linear image is the same from rest and carried."""
+    for batch in loader:
+        yield {"voxel": batch["voxel"][:, :model.input_channels], "gt": batch["gt"][:, 0]}
 
 
 @torch.no_grad()
@@ -1011,7 +1131,8 @@ def train(args):
             scaler.load_state_dict(run["scaler"])
         set_rng_state(run["rng"])
     elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
-        rmse = fit_linear_skip(model, train_loader, args.recon_target, device, teacher=teacher)
+        fit_batches = first_windows(train_loader, model) if args.stateful else train_loader
+        rmse = fit_linear_skip(model, fit_batches, args.recon_target, device, teacher=teacher)
         if rank == 0:
             print(f"linear skip: least-squares start against '{args.recon_target}' (RMSE {rmse:.4f} on "
                   f"{FIT_BATCHES} training batches); the spiking layers learn the residual")

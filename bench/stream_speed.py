@@ -5,20 +5,27 @@
 
 All streams come from the simulator (generate_synthetic_data.py's camera, normal light) at
 250x400 and are written as Vidar .dat files into a temporary folder, removed at the end.
-1. Speed: output frames/s and x real time (--camera_hz, stride 50) of reconstruct.py's two paths
-   over a moving scene -- the T=4 temporal SNN stateful (one step per output frame) and as
-   sliding windows (T steps per output frame), and the plain-CNN LRN (one pass per window) --
-   reading and unpacking the .dat included, after one warm-up batch.
+1. Speed and latency: output frames/s and x real time (--camera_hz, stride 50) of reconstruct.py's
+   paths over a moving scene -- the T=4 temporal SNN stateful (one step per output frame) and as
+   sliding windows (T steps per output frame), the direct-encoding SNN (--direct) and the
+   plain-CNN LRN (one pass per window each) -- reading and unpacking the .dat included, after
+   one warm-up batch. Latency: from the arrival of a spike frame to the output frame that
+   includes it: the wait for the rest of the frames of its device call (at most --batch x stride
+   frames) plus that call's compute time; a path slower than real time falls ever further behind.
 2. Peak resident memory of `reconstruct.py` in a subprocess on a 10,000 and a 40,000-frame
    stream, stateful SNN, every frame read and unpacked at 250x400; the network sees the centre
    --rss_crop pixels so that the long run fits a CPU budget. The figure is the process's own
    VmHWM (Linux), read as it ends: a child's ru_maxrss would include the RSS of this process,
    which Linux carries into the child's high-water mark across fork and exec.
-3. Temporal stability on a static scene: mean |frame_j+1 - frame_j| of the stateful SNN, the same
-   SNN on sliding windows, and TFP of the same windows (divided by the rate, clipped to [0, 1]).
+3. Temporal stability on a static scene of --stability_crop² pixels: mean |frame_j+1 - frame_j|
+   of the stateful SNN, the same SNN on sliding windows, the direct SNN, and TFP of the same
+   windows (divided by the rate, clipped to [0, 1]);
+   brightness drift: the stateful SNN's mean over output frames 1-100 relative to its frame 0
+   (from rest, = the image of that window on its own).
 --snn: a temporal-encoding SNN checkpoint (default: a fresh T=4 network with BN statistics from
 the stream: speed and memory do not depend on the weights, so section 3 then is skipped); --ann:
-a plain-CNN checkpoint (default: a fresh one).
+a plain-CNN checkpoint (default: a fresh one); --direct: a direct-encoding SNN (default:
+weights/normal.pth).
 """
 import argparse
 import contextlib
@@ -52,6 +59,8 @@ def get_args():
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--snn", help="temporal-encoding SNN checkpoint (default: fresh T=4 network)")
     p.add_argument("--ann", help="plain-CNN LRN checkpoint (default: fresh network)")
+    p.add_argument("--direct", default=os.path.join(ROOT, "weights", "normal.pth"),
+                   help="direct-encoding SNN checkpoint, the stateless comparison")
     p.add_argument("--speed_frames", type=int, help="timed output frames per variant (default: 200 on "
                                                     "CUDA, 5 on the CPU)")
     p.add_argument("--batch", type=int, help="reconstruct.py --batch (default: its own)")
@@ -59,8 +68,10 @@ def get_args():
     p.add_argument("--rss_frames", default="10000,40000", help="stream lengths of the memory runs")
     p.add_argument("--rss_crop", type=int, default=32,
                    help="centre pixels the network sees in the memory runs (0: the full frame)")
-    p.add_argument("--stability_frames", type=int, default=2000, help="static-scene stream length")
-    p.add_argument("--stability_crop", type=int, default=64, help="centre pixels of the stability runs")
+    p.add_argument("--stability_frames", type=int, default=5200,
+                   help="static-scene stream length (5200: 101 output frames at stride 50)")
+    p.add_argument("--stability_crop", type=int, default=64,
+                   help="side of the static scene (a multiple of 8: a .dat frame is whole bytes)")
     p.add_argument("--sections", default="speed,rss,stability", help="which of the three to run")
     a = p.parse_args()
     a.device = pick_device(a.device)
@@ -74,16 +85,17 @@ def get_args():
     return a
 
 
-def simulated_clip(num_frames, moving, seed=0):
-    """uint8 spikes [num_frames, 250, 400]: a procedural image through the camera model."""
+def simulated_clip(num_frames, moving, seed=0, height=H, width=W):
+    """uint8 spikes [num_frames, height, width]: a procedural image through the camera model."""
     rng = np.random.default_rng(seed)
     margin = 8
-    img = procedural_image(7, rng, size=256).resize((W + 2 * margin, H + 2 * margin), Image.BICUBIC)
+    img = procedural_image(7, rng, size=256).resize((width + 2 * margin, height + 2 * margin), Image.BICUBIC)
     canvas = np.asarray(img, dtype=np.float32) / 255.0
     cfg = LIGHT["normal"]
     if not moving:
         cfg = dataclasses.replace(cfg, motion_px=(0.0, 0.0), jitter_px=0.0)
-    spk, _ = simulate_spikes(canvas, num_frames, cfg, make_sensor(cfg, (H, W), seed), rng, (H, W))
+    spk, _ = simulate_spikes(canvas, num_frames, cfg, make_sensor(cfg, (height, width), seed), rng,
+                             (height, width))
     return spk
 
 
@@ -119,22 +131,25 @@ def load(path):
 
 # ----------------------------------------------------------------------------------------------
 
-def speed(args, snn, ann, dat, device):
+def speed(args, snn, direct, ann, dat, device):
     stream = reconstruct.open_stream(dat, H, W)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
         contextlib.nullcontext
-    n = args.speed_frames
+    n, stride = args.speed_frames, 50
     rows = []
-    for name, model, stateful in (("SNN T=4, stateful", snn, True), ("SNN T=4, sliding window", snn, False),
+    for name, model, stateful in (("SNN T=4 temporal, stateful", snn, True),
+                                  ("SNN T=4 temporal, sliding window", snn, False),
+                                  ("SNN T=4 direct, sliding window", direct, False),
                                   ("plain-CNN LRN, sliding window", ann, False)):
         model = model.to(device).eval()
         warm = args.batch
         num_out = warm + n
         if stateful:
-            frames = reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, args.batch, device, autocast)
+            frames = reconstruct.stateful_frames(model, stream, 0, num_out, stride, None, args.batch, device,
+                                                 autocast)
         else:
-            frames = reconstruct.sliding_frames(model, stream, 0, num_out, 50, args.batch, device, autocast)
+            frames = reconstruct.sliding_frames(model, stream, 0, num_out, stride, args.batch, device, autocast)
         for _ in range(warm):
             next(frames).cpu()
         sync()
@@ -144,13 +159,20 @@ def speed(args, snn, ann, dat, device):
         sync()
         seconds = time.perf_counter() - t0
         fps = n / seconds
-        rows.append((name, n, seconds, fps, fps * 50 / args.camera_hz))
+        # a device call makes --batch output frames (stateful at stride 50 = one step each): a
+        # spike frame waits for the call's last frame, then for the call to finish
+        wait_ms = 1000 * args.batch * stride / args.camera_hz
+        compute_ms = 1000 * args.batch / fps
+        rows.append((name, n, seconds, fps, fps * stride / args.camera_hz, wait_ms, compute_ms))
         print(f"  {name}: {n} frames in {seconds:.1f} s", flush=True)
-    base = rows[1][3]
-    print(f"\n| {H}x{W}, stride 50, {args.camera_hz / 1000:g} kHz | output frames timed | s | frames/s "
-          f"| x real time | x SNN sliding |\n|---|---|---|---|---|---|")
-    for name, n, seconds, fps, rt in rows:
-        print(f"| {name} | {n} | {seconds:.1f} | {fps:.3g} | {rt:.3g} | {fps / base:.2f} |")
+    base = rows[2][3]
+    print(f"\n| {H}x{W}, stride {stride}, {args.camera_hz / 1000:g} kHz, batch {args.batch} | output frames timed "
+          f"| s | frames/s | x real time | x direct SNN | latency ms: wait + compute = total |"
+          f"\n|---|---|---|---|---|---|---|")
+    for name, n, seconds, fps, rt, wait_ms, compute_ms in rows:
+        behind = "" if rt >= 1 else ", falls behind"
+        print(f"| {name} | {n} | {seconds:.1f} | {fps:.3g} | {rt:.3g} | {fps / base:.2f} "
+              f"| {wait_ms:.3g} + {compute_ms:.3g} = {wait_ms + compute_ms:.3g}{behind} |")
 
 
 # runs argv[1] as __main__ with the rest as its arguments, then prints the process's peak RSS
@@ -196,29 +218,33 @@ def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
               f"{results[-1] / results[0]:.3f}")
 
 
-def stability(args, snn, dat, device):
-    stream = reconstruct.open_stream(dat, H, W, args.stability_crop)
+def stability(args, snn, direct, dat, device):
+    stream = reconstruct.open_stream(dat, args.stability_crop, args.stability_crop)
     num_out = (args.stability_frames - 200) // 50 + 1
     null = contextlib.nullcontext      # fp32 everywhere: the figure is about the dynamics
-    snn = snn.to(device).eval()
+    snn, direct = snn.to(device).eval(), direct.to(device).eval()
     outputs = {
         "SNN stateful": reconstruct.stateful_frames(snn, stream, 0, num_out, 50, None, args.batch, device, null),
         "SNN sliding window": reconstruct.sliding_frames(snn, stream, 0, num_out, 50, args.batch, device, null),
+        "direct SNN sliding window": reconstruct.sliding_frames(direct, stream, 0, num_out, 50, args.batch,
+                                                                device, null),
     }
     results = {name: np.stack([f.cpu().numpy() for f in frames]) for name, frames in outputs.items()}
     results["TFP (200 frames / rate)"] = np.stack([
         np.clip(tfp(stream.read(j * 50, j * 50 + 200, "cpu").numpy(), rate=RATE), 0, 1) for j in range(num_out)])
-    skip = snn.time_steps      # the stateful path's first frames still carry the start from zero
-    print(f"\n| static scene, {args.stability_frames} frames, centre {args.stability_crop}² | "
-          f"mean abs frame-to-frame difference | x TFP | mean intensity |\n|---|---|---|---|")
-    tfp_flicker = np.abs(np.diff(results["TFP (200 frames / rate)"][skip:], axis=0)).mean()
+    print(f"\n| static scene, {args.stability_frames} frames, {args.stability_crop}², {num_out} output frames "
+          f"| mean abs frame-to-frame difference | x TFP | mean intensity |\n|---|---|---|---|")
+    tfp_flicker = np.abs(np.diff(results["TFP (200 frames / rate)"], axis=0)).mean()
     for name, frames in results.items():
-        flicker = np.abs(np.diff(frames[skip:], axis=0)).mean()
-        print(f"| {name} | {flicker:.4f} | {flicker / tfp_flicker:.2f} | {frames[skip:].mean():.3f} |")
-    late = results["SNN stateful"][skip:]
-    third = len(late) // 3
-    print(f"stateful flicker, first / last third of the frames after the first {skip}: "
-          f"{np.abs(np.diff(late[:third], axis=0)).mean():.4f} / {np.abs(np.diff(late[-third:], axis=0)).mean():.4f}")
+        flicker = np.abs(np.diff(frames, axis=0)).mean()
+        print(f"| {name} | {flicker:.4f} | {flicker / tfp_flicker:.2f} | {frames.mean():.3f} |")
+    stateful = results["SNN stateful"]
+    later = stateful[1:101]
+    drift = later.mean() / stateful[0].mean() - 1
+    worst = later.mean(axis=(1, 2)) / stateful[0].mean() - 1
+    print(f"brightness drift of the stateful SNN: mean of output frames 1-{len(later)} vs frame 0 (from rest) "
+          f"{stateful[0].mean():.4f} -> {later.mean():.4f}: {100 * drift:+.2f} % (frame by frame "
+          f"{100 * worst.min():+.2f} to {100 * worst.max():+.2f} %)")
 
 
 def main():
@@ -235,22 +261,24 @@ def main():
         write_dat(clip_dat, moving)
         static_dat = os.path.join(folder, "static.dat")
         if "stability" in args.sections and args.snn:
-            write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1))
+            write_dat(static_dat, simulated_clip(args.stability_frames, moving=False, seed=1,
+                                                 height=args.stability_crop, width=args.stability_crop))
         print(f"simulated the streams in {time.perf_counter() - t0:.0f} s", flush=True)
         snn = load(args.snn) if args.snn else fresh_snn(moving)
         torch.manual_seed(0)
         ann = load(args.ann) if args.ann else PlainLRN()
+        direct = load(args.direct)
         if snn.config()["encoding"] != "temporal":
             raise SystemExit(f"{args.snn}: not a temporal-encoding SNN")
         snn_ckpt = args.snn or save(snn, os.path.join(folder, "snn.pth"))
         del moving
 
         if "speed" in args.sections:
-            speed(args, snn, ann, clip_dat, device)
+            speed(args, snn, direct, ann, clip_dat, device)
         if "rss" in args.sections:
             peak_rss(args, snn_ckpt, clip_dat, clip_frames, folder)
         if "stability" in args.sections and args.snn:
-            stability(args, snn, static_dat, device)
+            stability(args, snn, direct, static_dat, device)
         elif "stability" in args.sections:
             print("\nstability: skipped (needs a trained --snn; a fresh network's flicker says nothing)")
     finally:

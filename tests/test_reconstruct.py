@@ -127,10 +127,10 @@ def test_output_frame_counts_and_formats(stream, tmp_path):
 
 
 def test_stateful_stream_equals_step_by_hand(stream, tmp_path):
-    """A restart every 5 output frames: the same as calling step() one slice at a time and
-    averaging the last T readouts. In chunks of 3 steps (one conv call each) the sums round
-    differently, which can flip a spike whose membrane sits at the threshold: a few pixels may
-    move, never the bulk of the frames."""
+    """A restart every 5 output frames: the same as calling step() one slice at a time from zero
+    membranes at the window of output frame 0, 5, 10, ... and averaging the last T readouts. In
+    chunks of 3 steps (one conv call each) the sums round differently, which can flip a spike
+    whose membrane sits at the threshold: a few pixels may move, never the bulk of the frames."""
     common = ("--reset_every", 5, "--end", 1600)
     assert run(stream["snn"], stream["dat"], tmp_path / "b1.npy", *common) == 0
     assert run(stream["snn"], stream["dat"], tmp_path / "b3.npy", *common, "--batch", 3) == 0
@@ -138,14 +138,15 @@ def test_stateful_stream_equals_step_by_hand(stream, tmp_path):
 
     snn = model_from_checkpoint(load_checkpoint(stream["snn"])).eval()
     spk = torch.from_numpy(dataset.read_dat(stream["dat"], H, W)[:1600]).float()
-    want, readouts = [], []
-    for t in range(1600 // 50):
-        if t % 5 == 0:                                  # window 0, 5, 10, ... starts fresh
-            state = snn.init_state(1, H, W)
-        frame, state = snn.step(spk[t * 50:(t + 1) * 50][None], state)
-        readouts.append(frame[0, 0])
-        if t >= 3:
-            want.append(torch.stack(readouts[-4:]).mean(0).clamp(0, 1).numpy())
+    num_out = (1600 - 200) // 50 + 1
+    want = []
+    for j0 in range(0, num_out, 5):                     # a segment of up to 5 frames from rest
+        state, readouts = snn.init_state(1, H, W), []
+        for t in range(j0, j0 + min(5, num_out - j0) + 3):
+            frame, state = snn.step(spk[t * 50:(t + 1) * 50][None], state)
+            readouts.append(frame[0, 0])
+            if t - j0 >= 3:
+                want.append(torch.stack(readouts[-4:]).mean(0).clamp(0, 1).numpy())
     assert one_step.shape == chunked.shape == (len(want), H, W) == (29, H, W)
     np.testing.assert_allclose(one_step, np.stack(want), atol=1e-5)
     assert (np.abs(chunked - one_step) > 1e-5).mean() < 0.01
@@ -156,6 +157,22 @@ def test_stateful_stream_equals_step_by_hand(stream, tmp_path):
     carried, slide = np.load(tmp_path / "carried.npy"), np.load(tmp_path / "slide.npy")
     np.testing.assert_allclose(carried[0], slide[0], atol=1e-5)     # window 0: both from zero
     assert np.abs(carried[4:] - slide[4:]).mean() > 1e-3
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_frames_after_a_reset_equal_a_fresh_run_from_there(stream, tmp_path, batch):
+    """--reset_every 5 at stride 50 (windows overlap by 3 of their 4 steps): output frames 5-9 and
+    10-14 are those of a run started at their first window, nothing of the steps before leaks in."""
+    assert run(stream["snn"], stream["dat"], tmp_path / "r.npy", "--end", 1600, "--reset_every", 5,
+               "--batch", batch) == 0
+    reset = np.load(tmp_path / "r.npy")
+    for j in (5, 10):
+        assert run(stream["snn"], stream["dat"], tmp_path / f"f{j}.npy", "--start", j * 50, "--end", 1600,
+                   "--batch", batch) == 0
+        fresh = np.load(tmp_path / f"f{j}.npy")
+        np.testing.assert_allclose(reset[j:j + 5], fresh[:5], atol=1e-6)
+        # without the reset the same frames carry the earlier steps and differ
+        assert np.abs(reset[j + 5:j + 10] - fresh[5:10]).mean() > 1e-3
 
 
 def test_restart_every_window_equals_sliding_windows(stream, tmp_path):
@@ -286,6 +303,21 @@ def test_npz_window_to_png_side_by_side(tmp_path, capsys):
     assert reconstruct.main(args + ["--output", str(tmp_path / "at.png"), "--start", "100",
                                     "--end", "300"]) == 0
     assert "[100, 300)" in capsys.readouterr().out
+
+
+def test_a_temporal_snn_runs_stateful_by_default_and_says_so(stream, tmp_path, capsys):
+    assert run(stream["snn"], stream["dat"], tmp_path / "d.npy", "--end", 600) == 0
+    assert "stateful: membranes carried" in capsys.readouterr().out
+    assert run(stream["snn"], stream["dat"], tmp_path / "r.npy", "--end", 600, "--reset_every", 2) == 0
+    assert "stateful: membranes carried from frame to frame, from rest every 2 output frames" in capsys.readouterr().out
+    assert run(stream["snn"], stream["dat"], tmp_path / "s.npy", "--end", 600, "--sliding") == 0
+    out = capsys.readouterr().out
+    assert "sliding window" in out and "stateful" not in out
+    # a direct-encoding SNN always runs sliding windows
+    torch.manual_seed(0)
+    direct = save_checkpoint(SpikingLRN(time_steps=2, channels=CHANNELS).eval(), tmp_path / "direct.pth")
+    assert run(direct, stream["dat"], tmp_path / "x.npy", "--end", 600) == 0
+    assert "direct encoding, sliding window" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,3 +32,29 @@ def test_shipped_checkpoint_beats_tfp_on_a_fresh_capture(light):
     window = 41 if light == "normal" else 200        # Spike-Zoo's window in daylight, all in the dark
     baseline = torch.from_numpy(tfp(spk, window, cfg.rate)).clamp(0, 1)[None, None]
     assert float(psnr(image, gt)[0]) > float(psnr(baseline, gt)[0]) + 1.0
+
+
+def test_shipped_stream_checkpoint_streams_at_the_brightness_of_its_first_frame(tmp_path):
+    """weights/stream.pth runs stateful: on a still scene, the frames with the state carried keep
+    the brightness of the first frame from rest (within 2%), which beats TFP."""
+    import dataclasses
+    import reconstruct
+    from dataset import write_dat
+    path = os.path.join(ROOT, "weights", "stream.pth")
+    assert os.path.getsize(path) < 2_000_000
+    model = model_from_checkpoint(load_checkpoint(path), path).eval()
+    assert reconstruct.is_stateful(model, sliding=False)
+    cfg = dataclasses.replace(gen.LIGHT["normal"], motion_px=(0.0, 0.0), jitter_px=0.0)
+    rng = np.random.default_rng(7)
+    size = (72, 72)
+    canvas = gen.scene_canvas(gen.procedural_image(12, rng, size=160), size, cfg, rng)
+    spk, gt = gen.simulate_spikes(canvas, 1200, cfg, gen.make_sensor(cfg, size, 3), rng, size)
+    write_dat(str(tmp_path / "still.dat"), spk)
+    stream = reconstruct.open_stream(str(tmp_path / "still.dat"), *size)
+    frames = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, 21, 50, None, 4, "cpu",
+                                                          torch.inference_mode)))
+    brightness = frames.mean(dim=(1, 2))
+    assert float((brightness[1:] / brightness[0] - 1).abs().max()) < 0.02
+    gt = torch.from_numpy(gt.astype(np.float32) / 255)[None, None]
+    baseline = torch.from_numpy(tfp(spk[:200], 41, cfg.rate)).clamp(0, 1)[None, None]
+    assert float(psnr(frames[-1][None, None], gt)[0]) > float(psnr(baseline, gt)[0]) + 1.0

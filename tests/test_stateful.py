@@ -1,0 +1,143 @@
+"""train.py --stateful: recordings of consecutive windows, the membranes carried as reconstruct.py
+carries them, truncated back-propagation, random restarts."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+import generate_synthetic_data as gsd
+import reconstruct
+import train
+from conftest import TINY_TRAIN
+from dataset import UCIFAR_CLASSES
+from models import CHECKPOINT_FORMAT, SpikingLRN
+
+H, W = 12, 16
+CHANNELS = (8, 16, 8, 4)
+
+
+def calibrated_temporal_snn(spk, time_steps=4):
+    """A small temporal SNN whose BN statistics come from the stream (so its deep layers spike)."""
+    torch.manual_seed(0)
+    model = SpikingLRN(time_steps=time_steps, encoding="temporal", channels=CHANNELS, linear_skip=True)
+    torch.nn.init.normal_(model.readout.weight, std=0.2)
+    for bn in model.bns:
+        bn.momentum = 1.0
+    with torch.no_grad():
+        model.train()(torch.from_numpy(spk[None, :200]).float())
+    return model.eval()
+
+
+def recording_instants(monkeypatch):
+    """Record the clean-frame instants each capture() is asked for."""
+    asked, real = [], gsd.SimulatedStreams.capture
+
+    def capture(self, rng, num_frames, gt_frames=None):
+        asked.append((num_frames, list(gt_frames)))
+        return real(self, rng, num_frames, gt_frames)
+    monkeypatch.setattr(gsd.SimulatedStreams, "capture", capture)
+    return asked
+
+
+@pytest.fixture
+def photos(tmp_path):
+    src = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for name in UCIFAR_CLASSES[:2]:
+        (src / name).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(src / name / f"{k}.jpg")
+    return src
+
+
+def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
+    """The frames the loss sees, chunk after chunk with the state and kept readouts carried, are
+    the frames reconstruct.py writes for the same stream (same steps per device call: identical)."""
+    rng = np.random.default_rng(1)
+    canvas = rng.random((H + 16, W + 16), dtype=np.float32)
+    cfg = gsd.CameraConfig(rate=0.6, motion_px=(6.0, 6.0))
+    spk, _ = gsd.simulate_spikes(canvas, 1000, cfg, gsd.make_sensor(cfg, (H, W), 0), rng, (H, W))
+    model = calibrated_temporal_snn(spk)
+    dat = str(tmp_path / "s.dat")
+    dataset.write_dat(dat, spk)
+    stream = reconstruct.open_stream(dat, H, W)
+    num_out = (1000 - 200) // 50 + 1
+    want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 3, "cpu",
+                                                          torch.no_grad)))
+
+    x = torch.from_numpy(spk).float().reshape(20, 1, 50, H, W)       # [steps, B=1, bins, H, W]
+    state, kept, got = model.init_state(1, H, W), (torch.zeros(0, 1, 1, H, W), x[:0]), []
+    with torch.no_grad():
+        for c in range(0, 20, 3):
+            frames, state, kept = train.carried_window_frames(model, x[c:c + 3], state, kept)
+            got.append(frames)
+    got = torch.cat(got)[:, 0, 0].clamp(0, 1)
+    assert got.shape == want.shape == (num_out, H, W)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (want[1:] - want[:-1]).abs().mean() > 1e-3                  # the scene moves: frames differ
+    with torch.no_grad():                                              # frame 0, from rest: forward()
+        first = model(torch.from_numpy(spk[None, :200]).float())[0, 0].clamp(0, 1)
+    torch.testing.assert_close(want[0], first, atol=1e-5, rtol=0)
+
+
+def test_recordings_ask_for_the_clean_frame_at_each_windows_centre(photos, monkeypatch):
+    asked = recording_instants(monkeypatch)
+    streams = gsd.SimulatedStreams(str(photos), "CIFAR", gsd.LIGHT["normal"], 16, 200, length=3)
+    rec = train.SimulatedRecordings(streams, 5, 4, 50)
+    item = rec[0]
+    assert asked == [(400, [99.5, 149.5, 199.5, 249.5, 299.5])]      # window j: frames [50j, 50j + 200)
+    assert rec.num_steps == 8 and len(rec) == 3
+    assert item["voxel"].shape == (8 * 50, 16, 16) and item["voxel"].dtype == torch.uint8
+    assert item["gt"].shape == (5, 1, 16, 16) and 0 <= item["gt"].min() and item["gt"].max() <= 1
+
+
+def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, photos, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--data_root", str(tiny_data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
+            *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
+            "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
+            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6"]
+    args[args.index("--random_clip_terms")] = "--clip_weight=0"
+    steps = {"n": 0}
+    real = train.optimize
+
+    def count(s, optimizer, loss):
+        steps["n"] += 1
+        real(s, optimizer, loss)
+    monkeypatch.setattr(train, "optimize", count)
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "each item one recording of 7 time steps (700 frames)" in out     # T=2: 100 frames a step
+    # 3 epochs x 2 batches x chunks of 8 steps: one chunk per 7-step recording
+    assert steps["n"] == 6
+    path = tmp_path / "exp" / "st" / "ckpts" / "checkpoint_last.pth"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["opt"]["stateful"] == 6
+    assert all(np.isfinite(h["train_recon"]) for h in ckpt["history"]) and len(ckpt["history"]) == 3
+    assert ckpt["model"]["readout.weight"].abs().sum() > 0            # the spiking path was trained
+    # the checkpoint streams, stateful by default
+    spk = (np.random.default_rng(0).random((400, 16, 24)) < 0.3).astype(np.uint8)
+    dataset.write_dat(str(tmp_path / "s.dat"), spk)
+    assert reconstruct.main(["--checkpoint", str(path), "--input", str(tmp_path / "s.dat"), "--output",
+                             str(tmp_path / "s.npy"), "--height", "16", "--width", "24", "--stride", "100"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 16, 24) and "stateful" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [["--encoding", "direct"], ["--recon_target", "tfi"], ["--epochs_fine", "1"],
+                                  ["--no_simulate"]])
+def test_stateful_needs_a_temporal_snn_on_simulated_recordings(tmp_path, photos, flag, capsys):
+    args = ["--stateful", "4", "--encoding", "temporal", "--simulate_from", str(photos), "--recon_target", "gt",
+            "--epochs_coarse", "1", "--epochs_prompt", "0", "--epochs_fine", "0", "--clip_pretrained", "none"]
+    if flag == ["--no_simulate"]:
+        i = args.index("--simulate_from")
+        del args[i:i + 2]
+    else:
+        args += flag
+    with pytest.raises(SystemExit) as e:
+        train.get_args(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--stateful 4" in err and "needs" in err
