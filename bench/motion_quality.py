@@ -58,7 +58,7 @@ def method_images(spk, networks):
         voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None]
         images[name] = to_image(model(voxel))[0, 0].numpy()
         if getattr(model, "skip", None) is not None:
-            images[f"{name}: linear path alone"] = to_image(model.skip(model._step_inputs(voxel).mean(0)))[0, 0].numpy()
+            images[f"{name}: linear path alone"] = to_image(model.linear_path(voxel))[0, 0].numpy()
     return images
 
 

@@ -13,7 +13,7 @@
 #    the clean frame; CLIP is not used (no pretrained weights offline: its terms are off);
 #    stream: each item one recording of WINDOWS consecutive windows, membranes carried;
 # 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
-# Sizes for a 2-core CPU (normal, low: ~1.5 h each; stream: ~22 min); on a GPU raise
+# Sizes for a 2-core CPU (normal: ~27 min, low: ~35 min, stream: ~22 min, each beside other jobs); on a GPU raise
 # EPOCH_SIZE/EPOCHS/BATCH/CROP (and WINDOWS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
