@@ -25,6 +25,8 @@ Two implementations of this one function share the same parameters:
   the direct-encoding conv1+BN1 runs once per sample (its input is the same at every step); the
   LIF recurrence is one fused autograd function; BN runs natively (per step in training); the
   linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
+Inference (prepare_for_inference, the scripts' default where bf16 is native): the fast path in
+eval mode with each BN folded into its conv, bf16 convs and one fused kernel per LIF layer.
 """
 import hashlib
 import math
@@ -240,7 +242,8 @@ class SpikingLRN(nn.Module):
             image, rates = self._forward_fast(x)
         if self.skip is not None:
             # mean_t skip(x_t) = skip(mean_t x_t): one conv on the mean step input
-            image = image + self.skip(self._step_inputs(x).mean(0))
+            steps = self._step_inputs(x)
+            image = image + self.skip(steps[0] if len(steps) == 1 else steps.mean(0))
         return (image, rates) if return_rates else image
 
     # -- reference: the plain step-by-step snnTorch loop ---------------------------------------
@@ -334,7 +337,10 @@ class SpikingLRN(nn.Module):
             if return_rates:      # a pass over the spikes: only when asked
                 rates.append(spk.mean(dtype=torch.float32))
             h = spk.flatten(0, 1)
-        image = self.readout(spk.float().mean(0))
+        spike_sum = spk[0].float()     # the mean spike map; adds beat a dim-0 reduction here
+        for t in range(1, self.time_steps):
+            spike_sum += spk[t]
+        image = self.readout(spike_sum / self.time_steps)
         return image, (torch.stack(rates) if return_rates else None)
 
     def train(self, mode=True):

@@ -248,8 +248,9 @@ def test_command_line(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 # prepare_for_inference
 
-def test_bf16_inference_stays_close_and_fp32_is_exact():
-    model = tiny_snn()
+@pytest.mark.parametrize("encoding", ["direct", "temporal"])
+def test_bf16_inference_stays_close_and_fp32_is_exact(encoding):
+    model = tiny_snn(encoding)
     voxel = voxel_for(model, 2, 24, 24)
     with torch.no_grad():
         exact = model(voxel)
@@ -258,7 +259,7 @@ def test_bf16_inference_stays_close_and_fp32_is_exact():
         fast, rates = model(voxel, return_rates=True)
         # steps(), the stateful path, uses the same folded convs
         state = model.init_state(2, 24, 24)
-        stepped, _ = model.steps(voxel[None].expand(model.time_steps, *voxel.shape), state)
+        stepped, _ = model.steps(model._step_inputs(voxel).expand(model.time_steps, -1, -1, -1, -1), state)
     assert fast.dtype == torch.float32 and rates.shape == (len(model.convs),)
     # bf16 rounding flips the spikes of membranes near the threshold; in this tiny random
     # network a flip moves a pixel by up to ~0.3, so the check is on the mean
