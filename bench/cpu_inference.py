@@ -10,8 +10,10 @@ reader; and how far both paths are from the CPU's arithmetic limit.
    .dat files of --pairs read as one recording (250x400), alternating the two precisions for
    --rounds rounds after one warm-up run of each (the warm-up of bf16 includes compiling the
    fused LIF kernel; its time is printed). Output frames/s = output frames / wall time of the
-   whole call (reading, unpacking, the network, writing). The machine may be shared: compare
-   the ratio, not the absolute figures.
+   whole call (reading, unpacking, the network, writing); also the process's CPU seconds per
+   frame. The machine may be shared: compare the ratios, not the absolute figures. Then the
+   network alone on one window: PyTorch fp32, PyTorch bf16 and the ONNX graph (convert.py) in
+   onnxruntime.
 2. Quality: every .dat/.png pair's centre 200-frame window through both precisions: PSNR
    against the ground truth, and the share of spikes (all layers, steps and pixels) that differ.
 3. NIR: convert.py's NIR file of the checkpoint (fp32) for the centre --nir_crop pixels, read
@@ -218,7 +220,7 @@ def main(argv=None):
                    help="folder of <name>.dat (250x400) + <name>.png pairs")
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each precision, alternating")
     p.add_argument("--nir_crop", type=int, default=64, help="frame size of the NIR round trip (NIR stores "
-                                                                  "parameters per neuron: 64x64 is a 22 MB file)")
+                                                                  "parameters per neuron: 22 MB at 64x64)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
