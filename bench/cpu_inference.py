@@ -149,7 +149,9 @@ def model_only(args):
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(convert.onnx_model(exact).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    voxel = torch.randint(0, 5, (1, exact.input_channels, H, W)).float()
+    dat = sorted(glob.glob(os.path.join(args.pairs, "*.dat")))[0]
+    spk = center_window(read_dat(dat, H, W), UHSR_FRAMES, dat)
+    voxel = torch.from_numpy(voxelize(spk, exact.input_channels))[None]
     runs = {"PyTorch fp32": lambda: exact(voxel), "PyTorch bf16 (default)": lambda: fast(voxel),
             "onnxruntime fp32": lambda: session.run(["image"], {"voxel": voxel.numpy()})}
     seconds = {k: [] for k in runs}
@@ -161,7 +163,11 @@ def model_only(args):
                 t0 = time.perf_counter()
                 fn()
                 seconds[k].append(time.perf_counter() - t0)
-    print(f"\n## the network alone, one {H}x{W} window, {args.rounds} alternating rounds")
+    with torch.inference_mode():
+        difference = np.abs(session.run(["image"], {"voxel": voxel.numpy()})[0] - exact(voxel).numpy())
+    print(f"\n## the network alone, one {H}x{W} window ({os.path.basename(dat)}), {args.rounds} alternating rounds")
+    print(f"onnxruntime vs PyTorch fp32 output: max abs difference {difference.max():.2e}, "
+          f"{100 * (difference > 1e-4).mean():.3f}% of pixels differ by more than 1e-4")
     print("| runtime | seconds per window | best | vs PyTorch fp32 (best) |")
     print("|---|---|---|---|")
     base = min(seconds["PyTorch fp32"])
