@@ -191,7 +191,7 @@ def nir_graph(model, height, width):
     """A SpikingLRN (eval) as a nir.NIRGraph for height x width frames, in the weights' dtype."""
     import nir
     if not isinstance(model, SpikingLRN):
-        raise InputError("NIR holds spiking networks; this checkpoint is a plain CNN (export it to ONNX)")
+        raise ValueError(f"NIR export takes a SpikingLRN, got {type(model).__name__}")
     model = model.eval()
 
     def per_neuron(value, channels):
@@ -269,6 +269,9 @@ def run(args):
     if args.to == "onnx":
         export_onnx(model, args.output)
         return f"{model_name(ckpt['model_config'])} as ONNX (opset {ONNX_OPSET}, fp32, any frame size)"
+    if not isinstance(model, SpikingLRN):
+        raise InputError(f"{args.checkpoint}: {model_name(ckpt['model_config'])} has no spiking neurons for NIR; "
+                         f"export it with --to onnx")
     height, width = args.frame or (64, 64)
     graph = export_nir(model, args.output, height, width)
     return (f"{model_name(ckpt['model_config'])} as NIR ({len(graph.nodes)} nodes, {height}x{width} frames, "

@@ -227,7 +227,7 @@ def test_command_line(tmp_path, capsys):
     # a plain CNN has no spiking neurons for NIR: one line, nothing written
     assert convert.main(["--checkpoint", str(ann), "--to", "nir", "--output", str(tmp_path / "ann.nir")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "ONNX" in err
+    assert err.startswith(f"error: {ann}: ") and err.count("\n") == 1 and "--to onnx" in err
     assert not os.path.exists(tmp_path / "ann.nir")
     # a file that is no checkpoint
     junk = tmp_path / "junk.pth"
