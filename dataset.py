@@ -283,7 +283,11 @@ def voxelize_on_device(spikes, bins):
     """The same binning for a torch batch on any device: uint8 spikes [B, F, H, W] -> float32
     voxel [B, bins, H, W] (F/bins frames summed per bin)."""
     b, f, h, w = spikes.shape
-    return spikes.reshape(b, bins, f // bins, h, w).sum(2, dtype=torch.float32)
+    per_bin = spikes.reshape(b, bins, f // bins, h, w)
+    if spikes.dtype == torch.uint8 and f // bins <= 255:
+        # the counts fit a byte: summing bytes is exact and ~10x faster on a CPU than into float32
+        return per_bin.sum(2, dtype=torch.uint8).float()
+    return per_bin.sum(2, dtype=torch.float32)
 
 
 def _load_field(path, key):

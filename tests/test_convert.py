@@ -299,3 +299,14 @@ def test_plain_cnn_bf16_hidden_layers():
         fast = prepare_for_inference(model, "bf16")(voxel)
     assert fast.dtype == torch.float32 and model.net[0].weight.dtype == torch.bfloat16
     assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+@pytest.mark.parametrize("frames,bins", [(200, 50), (600, 2)])     # 4 frames a bin; 300 (> a byte)
+def test_voxelize_on_device_equals_voxelize(frames, bins):
+    from dataset import voxelize, voxelize_on_device
+    rng = np.random.default_rng(0)
+    spk = (rng.random((2, frames, 5, 7)) < 0.9).astype(np.uint8)
+    got = voxelize_on_device(torch.from_numpy(spk), bins)
+    assert got.dtype == torch.float32
+    for i in range(2):
+        assert np.array_equal(got[i].numpy(), voxelize(spk[i], bins))
