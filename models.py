@@ -444,8 +444,8 @@ def build_model(config, backend="fast"):
 # ----------------------------------------------------------------------------------------------
 # Inference precision: "fp32" is the exact path (the numbers training validated); "bf16" folds
 # each BatchNorm into its conv and runs the convs in bfloat16, channels_last, with fp32
-# membranes and an fp32 readout and skip: about 3x the output frames/s of fp32 on an AVX512-BF16
-# CPU, +0.001 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
+# membranes and an fp32 readout and skip: 2.6-2.8x less CPU time per output frame than fp32 on a
+# 2-core AVX512-BF16 CPU, +0.001 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
 
 PRECISIONS = ("fp32", "bf16")
 

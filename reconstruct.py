@@ -78,7 +78,7 @@ def get_args(argv=None):
                         "(and an .npz sample's ground truth on its right)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", choices=PRECISIONS,
-                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions, about 3x faster on "
+                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions, ~2.8x faster on "
                         "a CPU with AVX512-BF16 (default where the device computes bf16 natively)")
     g.add_argument("--batch", type=positive_int,
                    help="windows (stateful: time steps) per device call (default: 16 on CUDA, 1 on the CPU)")
