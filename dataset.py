@@ -302,7 +302,11 @@ def voxelize(frames, bins=UHSR_BINS, dtype=None, dim=0):
     if n < bins or n % bins:
         raise SpikeDataError(f"cannot bin {n} frames into {bins} equal bins")
     if torch.is_tensor(frames):
-        return frames.unflatten(dim, (bins, n // bins)).sum(dim + 1, dtype=dtype or torch.float32)
+        runs = frames.unflatten(dim, (bins, n // bins))
+        if frames.dtype == torch.uint8 and n // bins <= 255 and dtype in (None, torch.float32):
+            # the counts fit a byte: summing bytes is exact and ~10x faster on a CPU than into float32
+            return runs.sum(dim + 1, dtype=torch.uint8).float()
+        return runs.sum(dim + 1, dtype=dtype or torch.float32)
     dtype = dtype or np.float32
     if n // bins > 255 and dtype == np.uint8:
         raise SpikeDataError(f"{n // bins} frames per bin overflow uint8 counts")

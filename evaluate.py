@@ -26,8 +26,8 @@ from dataset import (CLASS_NAMES, UHSR_FRAMES, SpikeDataError, UHSRDataset, cent
                      read_dat, voxelize)
 from generate_synthetic_data import baseline_convention, recorded_rate
 from metrics import NoReferenceIQA, no_reference_names, psnr, ssim
-from models import (ORIGINAL_NAME, is_original, load_checkpoint, model_from_checkpoint, model_name,
-                    scored_image, to_image)
+from models import (ORIGINAL_NAME, PRECISIONS, inference_precision, is_original, load_checkpoint,
+                    model_from_checkpoint, model_name, prepare_for_inference, scored_image, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_write, check_output_folder, comparison_grid, folder_name, non_negative_int,
                    pick_device, positive_float, positive_int, report_input_error, tfi, tfp)
@@ -73,6 +73,9 @@ def get_args(argv=None):
     p.add_argument("--clip_model", help="default: the checkpoint's")
     p.add_argument("--clip_pretrained", help="default: the weights the checkpoint was trained with")
     p.add_argument("--backend", choices=["fast", "snntorch"], default="fast")
+    p.add_argument("--dtype", choices=PRECISIONS,
+                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions, ~2.8x faster on "
+                        "a CPU with AVX512-BF16 (default where the device computes bf16 natively)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--num_workers", type=non_negative_int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
                    help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "
@@ -119,7 +122,7 @@ def evaluate(args):
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend)
     device = pick_device(args.device)
-    model.to(device).eval()
+    prepare_for_inference(model.to(device), inference_precision(args.dtype, args.backend, device))
     config = ckpt["model_config"]
     if (args.data_type or ckpt["data_type"]) is None and not args.dat:
         raise InputError(f"{args.checkpoint}: the checkpoint names no data type ({model_name(config)} files "

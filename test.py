@@ -31,7 +31,8 @@ from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, UHS
 from evaluate import clip_spec_from_checkpoint, experiment_name   # the same run name as evaluate.py
 from generate_synthetic_data import baseline_convention, procedural_streams, read_settings, recorded_rate
 from metrics import ENERGY_MODEL, NvmlEnergyMeter, count_macs, latency_ms, percentiles, synaptic_ops
-from models import load_checkpoint, model_from_checkpoint, model_name, scored_image
+from models import (default_precision, load_checkpoint, model_from_checkpoint, model_name, prepare_for_inference,
+                    scored_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, check_output_folder, format_count, non_negative_int, pick_device, positive_float,
                    positive_int, report_input_error, spike_image)
@@ -62,7 +63,10 @@ def get_args(argv=None):
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the network (auto: on CUDA; on the CPU compiling costs more than it saves)")
     g.add_argument("--dtype", choices=sorted(DTYPES),
-                   help="autocast precision of the network (default: fp32 on CPU, bf16 on CUDA)")
+                   help="precision of the network: fp32 exact; bf16 with the fast backend folds BatchNorm into "
+                        "bf16 convolutions (otherwise autocast), fp16 autocast (default: bf16 where the device "
+                        "computes it natively, else fp16 on CUDA, fp32 on the CPU; fp32 with --backend snntorch "
+                        "on the CPU)")
     g.add_argument("--clip_model", help="CLIP for the zero-shot label (default: the checkpoint's)")
     g.add_argument("--clip_pretrained", help="openai | /path/to/weights | none (default: the "
                                              "weights the checkpoint was trained with)")
@@ -100,10 +104,10 @@ def get_args(argv=None):
     return args
 
 
-def pick_dtype(name, device):
+def pick_dtype(name, device, backend):
     if name is None:
         if device.type != "cuda":
-            return "fp32"
+            return default_precision(device) if backend == "fast" else "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError("--dtype bf16: this GPU does not support bfloat16; use fp16 or fp32")
@@ -121,6 +125,10 @@ class Runner:
 
     def __init__(self, model, device, dtype_name, compile_mode="auto"):
         self.model, self.device, self.dtype_name = model, device, dtype_name
+        self.autocast_dtype = DTYPES[dtype_name]
+        if dtype_name == "bf16" and getattr(model, "backend", "fast") == "fast":
+            prepare_for_inference(model, "bf16")    # BN folded into bf16 convs: no autocast needed
+            self.autocast_dtype = None
         self.channels_last = device.type == "cuda"
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -130,10 +138,9 @@ class Runner:
             self.forward = torch.compile(model)
 
     def autocast(self):
-        dtype = DTYPES[self.dtype_name]
-        if dtype is None:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def prepare(self, voxel):
         voxel = voxel.to(self.device, non_blocking=True).float()
@@ -453,7 +460,7 @@ def run(args):
         check_results_file(args.results_file)    # before the work, not after it
     ckpt = load_checkpoint(args.checkpoint)
     device = pick_device(args.device)
-    dtype_name = pick_dtype(args.dtype, device)
+    dtype_name = pick_dtype(args.dtype, device, args.backend)
     model = model_from_checkpoint(ckpt, args.checkpoint, backend=args.backend).to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import convert_spikeclip
+import convert
 import evaluate
 import generate_synthetic_data
 import results_tracker
@@ -115,7 +115,7 @@ def test_evaluate_names_it_and_so_does_the_tracker(data, tmp_path, capsys):
 def test_converter_writes_our_format_once(tmp_path, capsys):
     src, dst = tmp_path / "LRN_CALTECH.pth", tmp_path / "converted.pth"
     save_original(src)
-    assert convert_spikeclip.main([str(src), str(dst), "--data_type", "CALTECH"]) == 0
+    assert convert.main(["--checkpoint", str(src), "--to", "checkpoint", "--output", str(dst), "--dataset", "caltech"]) == 0
     raw = torch.load(dst, weights_only=True)
     assert raw["format"] == "spikeclip-snn-checkpoint" and raw["data_type"] == "CALTECH"
     assert raw["source"]["file"] == str(src)
@@ -125,13 +125,13 @@ def test_converter_writes_our_format_once(tmp_path, capsys):
     voxel = torch.randint(0, 5, (1, 50, 16, 16)).float()
     with torch.no_grad():
         assert torch.equal(a(voxel), b(voxel))
-    assert convert_spikeclip.main([str(src), str(dst)]) == 2                 # never overwrites
+    assert convert.main(["--checkpoint", str(src), "--to", "checkpoint", "--output", str(dst)]) == 2                 # never overwrites
     assert "already exists" in capsys.readouterr().err
-    assert convert_spikeclip.main([str(dst), str(tmp_path / "again.pth")]) == 2
+    assert convert.main(["--checkpoint", str(dst), "--to", "checkpoint", "--output", str(tmp_path / "again.pth")]) == 2
     assert "nothing to convert" in capsys.readouterr().err
     foreign = tmp_path / "foreign.pth"
     torch.save({"convs.0.weight": torch.zeros(64, 50, 3, 3)}, foreign)
-    assert convert_spikeclip.main([str(foreign), str(tmp_path / "x.pth")]) == 2
+    assert convert.main(["--checkpoint", str(foreign), "--to", "checkpoint", "--output", str(tmp_path / "x.pth")]) == 2
     err = capsys.readouterr().err
     assert str(foreign) in err and "'0.0.weight' is missing" in err
     assert not os.path.exists(tmp_path / "x.pth")

@@ -64,8 +64,9 @@ def stream(tmp_path_factory):
 
 
 def run(ckpt, inp, out, *extra):
+    """reconstruct.py with the exact fp32 network (these tests compare frames to 1e-5)."""
     return reconstruct.main(["--checkpoint", ckpt, "--input", str(inp), "--output", str(out),
-                             "--height", str(H), "--width", str(W), *map(str, extra)])
+                             "--height", str(H), "--width", str(W), "--dtype", "fp32", *map(str, extra)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import metrics
-from models import PlainLRN, SpikingLRN
+from models import PlainLRN, SpikingLRN, default_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = "tinyrun"   # conftest.tiny_run
@@ -42,7 +42,8 @@ def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
                            "--results_file", str(results)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "n/a (no NVML" in out and "fp32" in out
+    default = default_precision(torch.device("cpu"))      # bf16 on a CPU with AVX512-BF16, else fp32
+    assert "n/a (no NVML" in out and f"dtype {default}" in out
     runs = json.loads(results.read_text())["runs"]
     assert len(runs) == 1
     rec = runs[0]
@@ -59,7 +60,7 @@ def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
     for key in ("params", "macs", "sops", "theoretical_energy_mj", "weights_bytes", "input_size",
                 "time_steps"):
         assert number(b[key]), key
-    assert b["input_size"] == 32 and b["time_steps"] == 2 and b["dtype"] == "fp32"
+    assert b["input_size"] == 32 and b["time_steps"] == 2 and b["dtype"] == default
     assert b["backend"] == "fast" and b["energy_mj_per_image"] is None
     assert len(b["firing_rates"]) == 4 and all(0 <= r <= 1 for r in b["firing_rates"].values())
     # MACs at 32x32: (T=2) x 32*32*9*(50*64 + 64*128 + 128*64 + 64*16 + 16*1)
