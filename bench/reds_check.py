@@ -50,7 +50,7 @@ def stateful_centre_image(model, stream):
     centre = (stream.num_frames - UHSR_FRAMES) // 2          # the window load_stream_pair scores
     first = centre % step
     frames = list(reconstruct.stateful_frames(model, stream, first, (centre - first) // step + 1, step, None, 1,
-                                              "cpu", torch.no_grad))
+                                              "cpu"))
     return frames[-1][None, None], len(frames) - 1
 
 

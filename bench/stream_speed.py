@@ -28,7 +28,6 @@ a plain-CNN checkpoint (default: a fresh one); --direct: a direct-encoding SNN (
 weights/normal.pth).
 """
 import argparse
-import contextlib
 import dataclasses
 import os
 import platform
@@ -47,7 +46,8 @@ sys.path.insert(0, ROOT)
 import reconstruct  # noqa: E402
 from dataset import write_dat  # noqa: E402
 from generate_synthetic_data import LIGHT, make_sensor, procedural_image, simulate_spikes  # noqa: E402
-from models import CHECKPOINT_FORMAT, PlainLRN, SpikingLRN, load_checkpoint, model_from_checkpoint  # noqa: E402
+from models import (CHECKPOINT_FORMAT, PlainLRN, SpikingLRN, default_precision, load_checkpoint,  # noqa: E402
+                    model_from_checkpoint, prepare_for_inference)
 from utils import pick_device, tfp  # noqa: E402
 
 H, W = 250, 400
@@ -134,22 +134,19 @@ def load(path):
 def speed(args, snn, direct, ann, dat, device):
     stream = reconstruct.open_stream(dat, H, W)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
-        contextlib.nullcontext
     n, stride = args.speed_frames, 50
     rows = []
     for name, model, stateful in (("SNN T=4 temporal, stateful", snn, True),
                                   ("SNN T=4 temporal, sliding window", snn, False),
                                   ("SNN T=4 direct, sliding window", direct, False),
                                   ("plain-CNN LRN, sliding window", ann, False)):
-        model = model.to(device).eval()
+        model = prepare_for_inference(model.to(device), default_precision(device))   # what reconstruct.py runs
         warm = args.batch
         num_out = warm + n
         if stateful:
-            frames = reconstruct.stateful_frames(model, stream, 0, num_out, stride, None, args.batch, device,
-                                                 autocast)
+            frames = reconstruct.stateful_frames(model, stream, 0, num_out, stride, None, args.batch, device)
         else:
-            frames = reconstruct.sliding_frames(model, stream, 0, num_out, stride, args.batch, device, autocast)
+            frames = reconstruct.sliding_frames(model, stream, 0, num_out, stride, args.batch, device)
         for _ in range(warm):
             next(frames).cpu()
         sync()
@@ -221,13 +218,12 @@ def peak_rss(args, ckpt, clip_dat, clip_frames, folder):
 def stability(args, snn, direct, dat, device):
     stream = reconstruct.open_stream(dat, args.stability_crop, args.stability_crop)
     num_out = (args.stability_frames - 200) // 50 + 1
-    null = contextlib.nullcontext      # fp32 everywhere: the figure is about the dynamics
-    snn, direct = snn.to(device).eval(), direct.to(device).eval()
+    # exact fp32 everywhere: the figure is about the dynamics
+    snn, direct = (prepare_for_inference(m.to(device), "fp32") for m in (snn, direct))
     outputs = {
-        "SNN stateful": reconstruct.stateful_frames(snn, stream, 0, num_out, 50, None, args.batch, device, null),
-        "SNN sliding window": reconstruct.sliding_frames(snn, stream, 0, num_out, 50, args.batch, device, null),
-        "direct SNN sliding window": reconstruct.sliding_frames(direct, stream, 0, num_out, 50, args.batch,
-                                                                device, null),
+        "SNN stateful": reconstruct.stateful_frames(snn, stream, 0, num_out, 50, None, args.batch, device),
+        "SNN sliding window": reconstruct.sliding_frames(snn, stream, 0, num_out, 50, args.batch, device),
+        "direct SNN sliding window": reconstruct.sliding_frames(direct, stream, 0, num_out, 50, args.batch, device),
     }
     results = {name: np.stack([f.cpu().numpy() for f in frames]) for name, frames in outputs.items()}
     results["TFP (200 frames / rate)"] = np.stack([

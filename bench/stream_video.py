@@ -11,7 +11,6 @@ weights/stream.pth on a small frame, so that a CPU makes the video in about a mi
     python bench/stream_video.py --output big.mp4 --height 250 --width 400 --frames 4200 --device cuda
 """
 import argparse
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -28,7 +27,7 @@ sys.path.insert(0, ROOT)
 import reconstruct  # noqa: E402
 from dataset import write_dat  # noqa: E402
 from generate_synthetic_data import LIGHT, make_sensor, procedural_image, simulate_spikes  # noqa: E402
-from models import load_checkpoint, model_from_checkpoint  # noqa: E402
+from models import default_precision, load_checkpoint, model_from_checkpoint, prepare_for_inference  # noqa: E402
 from utils import InputError, positive_float, positive_int, report_input_error, tfi, tfp  # noqa: E402
 
 STRIDE = 50
@@ -100,10 +99,9 @@ def run(args):
         write_dat(dat, moving_scene(args))
         stream = reconstruct.open_stream(dat, args.height, args.width)
         num_out = (args.frames - 200) // STRIDE + 1
-        null = contextlib.nullcontext
-        columns = zip(reconstruct.sliding_frames(direct.to(device), stream, 0, num_out, STRIDE, 1, device, null),
-                      reconstruct.stateful_frames(stateful.to(device), stream, 0, num_out, STRIDE, None, 1, device,
-                                                  null))
+        direct, stateful = (prepare_for_inference(m.to(device), default_precision(device)) for m in (direct, stateful))
+        columns = zip(reconstruct.sliding_frames(direct, stream, 0, num_out, STRIDE, 1, device),
+                      reconstruct.stateful_frames(stateful, stream, 0, num_out, STRIDE, None, 1, device))
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with reconstruct.open_writer("mp4", args.output, num_out, args.height, 4 * args.width, args.fps) as write:
             for j, (direct_image, stateful_image) in enumerate(columns):

@@ -65,8 +65,7 @@ def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
     dataset.write_dat(dat, spk)
     stream = reconstruct.open_stream(dat, H, W)
     num_out = (1000 - 200) // 50 + 1
-    want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 3, "cpu",
-                                                          torch.no_grad)))
+    want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 3, "cpu")))
 
     x = torch.from_numpy(spk).float().reshape(20, 1, 50, H, W)       # [steps, B=1, bins, H, W]
     state, kept, got = model.init_state(1, H, W), (torch.zeros(0, 1, 1, H, W), x[:0]), []

@@ -51,8 +51,7 @@ def test_shipped_stream_checkpoint_streams_at_the_brightness_of_its_first_frame(
     spk, gt = gen.simulate_spikes(canvas, 1200, cfg, gen.make_sensor(cfg, size, 3), rng, size)
     write_dat(str(tmp_path / "still.dat"), spk)
     stream = reconstruct.open_stream(str(tmp_path / "still.dat"), *size)
-    frames = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, 21, 50, None, 4, "cpu",
-                                                          torch.inference_mode)))
+    frames = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, 21, 50, None, 4, "cpu")))
     brightness = frames.mean(dim=(1, 2))
     assert float((brightness[1:] / brightness[0] - 1).abs().max()) < 0.02
     gt = torch.from_numpy(gt.astype(np.float32) / 255)[None, None]
