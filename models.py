@@ -138,42 +138,44 @@ def lif_sequence(current, beta, threshold, surrogate_name="atan"):
     return _LIFSequence.apply(current, beta, threshold, surrogate_name)
 
 
-def lif_inference(current, time_steps, beta, threshold):
-    """LIF over T steps for inference (no autograd): current [S, B, C, H, W] in the conv's dtype,
-    S = T, or 1 for a current that is the same at every step (direct encoding's first layer)
-    -> spikes [T, B, C, H, W] in that dtype. The membrane is fp32 (in bf16 it would round away
-    the small currents it integrates); the order of operations is _LIFSequence's."""
-    mem = current[0].float()
-    spk = (mem > threshold).to(current.dtype)
-    spikes = [spk]
-    for t in range(1, time_steps):
+def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None):
+    """LIF over T steps for inference (no autograd), from rest or from a carried state (fp32
+    membranes `mem` and last spikes `spk`, [B, C, H, W]): current [S, B, C, H, W] in the conv's
+    dtype, S = T, or 1 for a current that is the same at every step (direct encoding's first
+    layer) -> (spikes [T, B, C, H, W] in that dtype, last membranes). The membrane is fp32 (in
+    bf16 it would round away the small currents it integrates); the order of operations is
+    _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly)."""
+    if mem is None:
+        mem = spk = torch.zeros_like(current[0], dtype=torch.float32)
+    spikes = []
+    for t in range(time_steps):
         step_current = current[t if current.shape[0] > 1 else 0].float()
         mem = beta * mem + step_current - threshold * spk.float()
         spk = (mem > threshold).to(current.dtype)
         spikes.append(spk)
-    return torch.stack(spikes)
+    return torch.stack(spikes), mem
 
 
 _compiled_lif = None
 
 
-def fused_lif(current, time_steps, beta, threshold):
+def fused_lif(current, time_steps, beta, threshold, mem=None, spk=None):
     """lif_inference as one kernel per layer on the CPU: torch.compile fuses its T steps into a
     single pass over memory (eager, each step is several passes over [B, C, H, W], which cost
     as much as the bf16 convs). Compiling takes seconds once per process and input shape; where
     no C++ compiler is found the eager function runs (the same numbers)."""
     global _compiled_lif
     if current.device.type != "cpu" or _compiled_lif is False:
-        return lif_inference(current, time_steps, beta, threshold)
+        return lif_inference(current, time_steps, beta, threshold, mem, spk)
     if _compiled_lif is None:
         _compiled_lif = torch.compile(lif_inference)
     try:
-        return _compiled_lif(current, time_steps, beta, threshold)
+        return _compiled_lif(current, time_steps, beta, threshold, mem, spk)
     except torch._dynamo.exc.BackendCompilerFailed as e:
         print(f"warning: torch.compile failed ({str(e).splitlines()[0][:200]}); the LIF layers run "
               f"eagerly (slower, same output)", file=sys.stderr)
         _compiled_lif = False
-        return lif_inference(current, time_steps, beta, threshold)
+        return lif_inference(current, time_steps, beta, threshold, mem, spk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,10 +273,6 @@ class SpikingLRN(nn.Module):
     def _conv_bn(self, l, h, steps):
         """conv_l + BN_l on h [steps*B, C, H, W], with the step-by-step loop's BN semantics."""
         conv, bn = self.convs[l], self.bns[l]
-        if self.folded is not None and not self.training:     # steps() after prepare_for_inference
-            weight, bias = self.folded[l]
-            h = h.to(weight.dtype, memory_format=torch.channels_last)
-            return F.conv2d(h, weight, bias, padding=1).float()
         y = conv(h)
         if not (self.training or bn.running_mean is None):
             # eval: BN is a per-channel affine map. Folding it into the conv weights saves a pass
@@ -342,7 +340,7 @@ class SpikingLRN(nn.Module):
         for weight, bias in self.folded:
             h = h.to(weight.dtype, memory_format=torch.channels_last)
             cur = F.conv2d(h, weight, bias, padding=1)                  # [S*B or T*B, C, H, W]
-            spk = fused_lif(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold)
+            spk, _ = fused_lif(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold)
             if return_rates:      # a pass over the spikes: only when asked
                 rates.append(spk.mean(dtype=torch.float32))
             h = spk.flatten(0, 1)
@@ -375,6 +373,14 @@ class SpikingLRN(nn.Module):
         """
         k, b = x_steps.shape[:2]
         h, new_state = x_steps.flatten(0, 1), []
+        if self.folded is not None and not self.training:    # after prepare_for_inference
+            for (mem, spk), (weight, bias) in zip(state, self.folded):
+                cur = F.conv2d(h.to(weight.dtype, memory_format=torch.channels_last), weight, bias, padding=1)
+                spikes, mem = fused_lif(cur.view(k, b, *cur.shape[1:]), k, self.beta, self.threshold, mem, spk)
+                new_state.append((mem, spikes[-1]))
+                h = spikes.flatten(0, 1)
+            out = self.readout(h.float())
+            return out.view(k, b, *out.shape[1:]), new_state
         for l, (mem, spk) in enumerate(state):
             cur = self._conv_bn(l, h, k)
             spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,

@@ -289,12 +289,17 @@ def test_fold_batchnorm_is_conv_then_eval_bn():
 def test_fused_lif_equals_the_reference_recurrence():
     torch.manual_seed(0)
     current = (torch.randn(3, 2, 4, 5, 6) * 1.5).to(torch.bfloat16)
-    spikes = models.fused_lif(current, 3, 0.9, 1.0)
+    spikes, _ = models.fused_lif(current, 3, 0.9, 1.0)
     expected = models._LIFSequence.apply(current.float(), 0.9, 1.0, "atan")
     assert spikes.dtype == torch.bfloat16 and torch.equal(spikes.float(), expected)
-    constant = models.fused_lif(current[:1], 3, 0.9, 1.0)      # the same current at every step
+    constant, _ = models.fused_lif(current[:1], 3, 0.9, 1.0)      # the same current at every step
     expected = models._LIFSequence.apply(current[:1].float().expand(3, -1, -1, -1, -1), 0.9, 1.0, "atan")
     assert torch.equal(constant.float(), expected)
+    # a carried state: the 3 steps run 1 + 2 from the state after the first equal the 3 in a row
+    first, mem = models.fused_lif(current[:1], 1, 0.9, 1.0)
+    rest, _ = models.fused_lif(current[1:], 2, 0.9, 1.0, mem, first[-1])
+    assert torch.equal(torch.cat([first, rest]).float(), expected_all := models._LIFSequence.apply(
+        current.float(), 0.9, 1.0, "atan")) and expected_all.sum() > 0
 
 
 def test_plain_cnn_bf16_hidden_layers():
