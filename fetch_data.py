@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from dataset import (CLASS_NAMES, CROP_SIZE, DATASET_DIRS, UHSR_FRAMES, SpikeDataError, load_npz,
                      numeric_sort_key)
-from utils import InputError, atomic_write, check_output_folder, report_input_error
+from utils import InputError, atomic_move, atomic_write, check_output_folder, report_input_error
 
 SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test"}
 CALTECH_TRAIN_LAST = 4999          # U-CALTECH: index 0-4999 train, 5000+ test (SPEC §2)
@@ -205,13 +205,10 @@ def _place(item, dest):
         return False                     # identical: checked in organise()
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     if item.move:
-        try:
-            os.replace(item.path, dest)
-            return True
-        except OSError:                  # another filesystem: copy instead
-            pass
-    with open(item.path, "rb") as src:
-        atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+        atomic_move(item.path, dest)
+    else:
+        with open(item.path, "rb") as src:
+            atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
     return True
 
 

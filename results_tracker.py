@@ -50,12 +50,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import uuid
 from datetime import datetime, timezone
 
 from dataset import DATASET_DIRS
-from utils import InputError, atomic_write, format_count, report_input_error
+from utils import InputError, atomic_write, check_output_folder, format_count, report_input_error
 
 RESULTS_FILE = "experiment_results.json"
 FORMAT_NAME = "spikeclip-snn-results"
@@ -145,12 +144,7 @@ def check_results_file(path=RESULTS_FILE):
         raise InputError(f"--results_file {path}: the file is not writable")
     with _locked(path):
         load_records(path)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        except OSError as e:
-            raise InputError(f"--results_file {path}: cannot write in its folder ({e.strerror})") from None
-        os.close(fd)
-        os.unlink(tmp)
+        check_output_folder(folder, "--results_file", path)     # where the atomic write puts its temp file
 
 
 @contextlib.contextmanager

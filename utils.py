@@ -7,6 +7,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 
@@ -189,6 +190,18 @@ def _umask():
     mask = os.umask(0)   # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
+
+
+def atomic_move(src, dest):
+    """Put the finished file `src` at `dest` atomically: a rename within one filesystem, else an
+    atomic copy (src stays)."""
+    try:
+        os.replace(src, dest)
+        return
+    except OSError:                     # another filesystem
+        pass
+    with open(src, "rb") as f:
+        atomic_write(dest, lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def atomic_torch_save(obj, path):
