@@ -19,6 +19,20 @@ TINY_TRAIN = ["--crop_size", "32", "--clip_model", "tiny", "--clip_pretrained", 
               "--batch_size", "4", "--time_steps", "2", "--random_clip_terms"]
 
 
+def photo_folder(root, size, per_class=3):
+    """A --simulate_from folder: random-noise photos of size x size, per_class of each of the
+    first two U-CIFAR classes, named <k>.jpg -> its path."""
+    import numpy as np
+    from PIL import Image
+    from dataset import UCIFAR_CLASSES
+    rng = np.random.default_rng(0)
+    for name in UCIFAR_CLASSES[:2]:
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(root / name / f"{k}.jpg")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Simulated U-CIFAR: 2 train + 1 test streams per class, 100x100 frames (a 96-px crop

@@ -5,14 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import dataset
 import generate_synthetic_data as gsd
 import reconstruct
 import train
-from conftest import TINY_TRAIN
-from dataset import UCIFAR_CLASSES
+from conftest import TINY_TRAIN, photo_folder
 from models import CHECKPOINT_FORMAT, SpikingLRN
 
 H, W = 12, 16
@@ -44,13 +42,7 @@ def recording_instants(monkeypatch):
 
 @pytest.fixture
 def photos(tmp_path):
-    src = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for name in UCIFAR_CLASSES[:2]:
-        (src / name).mkdir(parents=True)
-        for k in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(src / name / f"{k}.jpg")
-    return src
+    return photo_folder(tmp_path / "photos", 40)
 
 
 def test_training_frames_are_reconstructs_stateful_frames(tmp_path):

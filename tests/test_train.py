@@ -11,7 +11,7 @@ from PIL import Image
 import generate_synthetic_data
 import train
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, photo_folder
 from dataset import UCIFAR_CLASSES
 from models import SpikingLRN
 
@@ -340,13 +340,7 @@ def test_augmented_training_views_match_spikes_and_gt(data_root):
 
 def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypatch, capsys):
     """--simulate_from: fresh captures of photographs; the files' own scenes are excluded."""
-    import numpy as np
-    src = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for name in UCIFAR_CLASSES[:2]:
-        (src / name).mkdir(parents=True)
-        for k in range(3):
-            Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(src / name / f"{k}.jpg")
+    src = photo_folder(tmp_path / "photos", 48)
     ds = generate_synthetic_data.SimulatedStreams(str(src), "CIFAR", generate_synthetic_data.LIGHT["low"], 24, 50,
                                                   exclude={"0_frog.png"}, length=5)
     assert len(ds) == 5 and len(ds.images) == 5                       # 6 photos, one excluded
