@@ -102,7 +102,6 @@ def main(argv=None):
     p.add_argument("--sim_limit", type=int, default=40, help="score at most this many simulated files")
     p.add_argument("--checkpoint", nargs="*", default=[])
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     networks = []
     for path in args.checkpoint:
         networks.append((path, model_from_checkpoint(load_checkpoint(path), path).eval()))
