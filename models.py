@@ -178,6 +178,15 @@ def fused_lif(current, time_steps, beta, threshold, mem=None, spk=None):
         return lif_inference(current, time_steps, beta, threshold, mem, spk)
 
 
+def conv_input(h, dtype):
+    """h in the inference convs' dtype and channels_last layout, copied only when it is not already
+    (.to(memory_format=...) copies a batch of one whatever its strides: 5 ms per 128-channel
+    250x400 spike map on this CPU, for spikes the fused LIF kernel wrote channels_last)."""
+    if h.dtype == dtype and h.is_contiguous(memory_format=torch.channels_last):
+        return h
+    return h.to(dtype, memory_format=torch.channels_last)
+
+
 # ----------------------------------------------------------------------------------------------
 
 class SpikingLRN(nn.Module):
@@ -338,7 +347,7 @@ class SpikingLRN(nn.Module):
         h = steps.flatten(0, 1)
         rates = []
         for weight, bias in self.folded:
-            h = h.to(weight.dtype, memory_format=torch.channels_last)
+            h = conv_input(h, weight.dtype)
             cur = F.conv2d(h, weight, bias, padding=1)                  # [S*B or T*B, C, H, W]
             spk, _ = fused_lif(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold)
             if return_rates:      # a pass over the spikes: only when asked
@@ -358,12 +367,15 @@ class SpikingLRN(nn.Module):
     # -- streaming: one step at a time with carried state --------------------------------------
     def init_state(self, batch, height, width, device=None, dtype=torch.float32):
         """Zero membranes and no previous spikes for every LIF layer."""
-        return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype),) * 2
-                for c in self.convs]
+        # channels_last, the layout of the inference convs' currents: the fused LIF kernel then
+        # reads membranes and currents in one order (mixed layouts made it 2x slower)
+        return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype)
+                 .to(memory_format=torch.channels_last),) * 2 for c in self.convs]
 
     def steps(self, x_steps, state):
         """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (spiking
-        readouts [K, B, 1, H, W], new state); window_image() makes a window's image of them.
+        readouts [K, B, 1, H, W], new state); window_image() makes a window's image of them
+        (with skip_steps() of the same steps).
 
         Feeding a long stream slice by slice, carrying the state, gives spike-to-video
         (reconstruct.py); in training mode the K steps back-propagate, BN normalising each
@@ -375,7 +387,7 @@ class SpikingLRN(nn.Module):
         h, new_state = x_steps.flatten(0, 1), []
         if self.folded is not None and not self.training:    # after prepare_for_inference
             for (mem, spk), (weight, bias) in zip(state, self.folded):
-                cur = F.conv2d(h.to(weight.dtype, memory_format=torch.channels_last), weight, bias, padding=1)
+                cur = F.conv2d(conv_input(h, weight.dtype), weight, bias, padding=1)
                 spikes, mem = fused_lif(cur.view(k, b, *cur.shape[1:]), k, self.beta, self.threshold, mem, spk)
                 new_state.append((mem, spikes[-1]))
                 h = spikes.flatten(0, 1)
@@ -390,12 +402,33 @@ class SpikingLRN(nn.Module):
         out = self.readout(h)
         return out.view(k, b, *out.shape[1:]), new_state
 
-    def window_image(self, readouts, voxel):
+    def skip_steps(self, x_steps):
+        """The linear skip split over time steps, for streaming: x_steps [K, B, 50, H, W] ->
+        [K, B, P, H, W], bias left out. Temporal encoding (P = T): entry p is what the step adds to
+        the skip image of a window in which it is step p (the skip's weights of bins [50p, 50p+50)),
+        so each step is convolved once, not once per window it belongs to, and a window's T*50 bins
+        are never assembled. Direct encoding (P = 1): the skip image of each step's voxel.
+        None without a skip. window_image() sums a window's entries."""
+        if self.skip is None:
+            return None
+        k, b = x_steps.shape[:2]
+        per_step = 1 if self.encoding == "direct" else self.time_steps
+        weight = self.skip.weight.view(per_step, self.in_bins, *self.skip.weight.shape[2:])
+        parts = F.conv2d(x_steps.flatten(0, 1).to(weight.dtype), weight, padding=self.skip.padding)
+        return parts.view(k, b, *parts.shape[1:])
+
+    def window_image(self, readouts, skip_parts):
         """The image of a window from the spiking readouts [T, B, 1, H, W] of its T steps
-        (steps()) and its voxel [B, C, H, W] (the linear skip's input): what forward() computes
-        from zero membranes, and the output frame of a stream with the state carried."""
+        (steps()) and their skip_steps() [T, B, P, H, W]: what forward() computes from zero
+        membranes, and the output frame of a stream with the state carried."""
         image = readouts.mean(0)
-        return image if self.skip is None else image + self.linear_path(voxel)
+        if self.skip is None:
+            return image
+        if self.encoding == "temporal":   # step p of the window, its weights for position p
+            skip = sum(skip_parts[p, :, p] for p in range(self.time_steps))
+        else:                             # every step sees the window's one voxel
+            skip = skip_parts[:, :, 0].mean(0)
+        return image + (skip + self.skip.bias)[:, None]
 
     @torch.no_grad()
     def step(self, x_t, state):

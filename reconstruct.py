@@ -229,19 +229,21 @@ def carried_frames(model, stream, first, num_out, stride, batch, device):
     num_steps = (num_out - 1) * steps_per_out + steps_per_window
     h, w = stream.frame_shape
     state = model.init_state(1, h, w, device=device)
-    recent = collections.deque(maxlen=steps_per_window)        # (readout, voxel) of the last T steps
+    recent = collections.deque(maxlen=steps_per_window)   # (readout, skip parts) of the last T steps
     for s in range(0, num_steps, batch):
         k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
-        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)
+        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)[:, None]  # [k, 1, bins, H, W]
         with torch.inference_mode():
-            readouts, state = model.steps(voxel[:, None], state)     # [k, 1, 1, H, W]
+            readouts, state = model.steps(voxel, state)                  # [k, 1, 1, H, W]
+            parts = model.skip_steps(voxel)                              # [k, 1, T, H, W] or None
         for t in range(s, s + k):
-            recent.append((readouts[t - s].float(), voxel[t - s]))
+            recent.append((readouts[t - s].float(), None if parts is None else parts[t - s]))
             if t + 1 >= steps_per_window and (t + 1 - steps_per_window) % steps_per_out == 0:
-                window_readouts, window_voxel = zip(*recent)
+                window_readouts, window_parts = zip(*recent)
                 with torch.inference_mode():
-                    image = model.window_image(torch.stack(window_readouts), torch.cat(window_voxel)[None])
+                    image = model.window_image(torch.stack(window_readouts),
+                                               None if parts is None else torch.stack(window_parts))
                 yield to_image(image[0, 0].float())
 
 

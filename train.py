@@ -937,20 +937,25 @@ class SimulatedRecordings(torch.utils.data.Dataset):
 
 def carried_window_frames(model, x_steps, state, kept):
     """reconstruct.py's stateful output frames over a chunk of steps x_steps [K, B, bins, S, S]
-    from `state`; kept: (readouts [n, B, 1, S, S], step inputs [n, B, bins, S, S]) of the
-    n <= T-1 steps before the chunk since rest. -> (frames [m, B, 1, S, S], the image of every
+    from `state`; kept: (readouts [n, B, 1, S, S], skip_steps() [n, B, P, S, S]) of the n <= T-1
+    steps before the chunk since rest, None at rest. -> (frames [m, B, 1, S, S], the image of every
     window of T consecutive steps that ends in the chunk (frames[0]'s window starts n steps before
     it); the new state; what to keep for the next chunk)."""
     readouts, state = model.steps(x_steps, state)
-    seq, inputs, t = torch.cat([kept[0], readouts]), torch.cat([kept[1], x_steps]), model.time_steps
+    parts = model.skip_steps(x_steps)
+    if parts is None:                   # no skip: nothing of the steps but their readouts counts
+        parts = readouts[:, :, :0]
+    if kept is not None:
+        readouts, parts = torch.cat([kept[0], readouts]), torch.cat([kept[1], parts])
+    seq, t = readouts, model.time_steps
     keep = len(seq) - min(len(seq), t - 1)
     m = len(seq) - t + 1
     if m <= 0:
-        return seq[:0], state, (seq, inputs)
+        return seq[:0], state, (seq, parts)
     windows = torch.stack([seq[i:i + t] for i in range(m)], 1).flatten(1, 2)     # [T, m*B, 1, S, S]
-    voxels = torch.stack([inputs[i:i + t] for i in range(m)]).transpose(1, 2)    # [m, B, T, bins, S, S]
-    frames = model.window_image(windows, voxels.flatten(0, 1).flatten(1, 2))
-    return frames.view(m, *seq.shape[1:]), state, (seq[keep:], inputs[keep:])
+    window_parts = torch.stack([parts[i:i + t] for i in range(m)], 1).flatten(1, 2)   # [T, m*B, T, S, S]
+    frames = model.window_image(windows, window_parts)
+    return frames.view(m, *seq.shape[1:]), state, (seq[keep:], parts[keep:])
 
 
 def stateful_step(s, batch, optimizer):
@@ -965,12 +970,12 @@ def stateful_step(s, batch, optimizer):
     for c in range(0, len(x), STATEFUL_CHUNK):
         if c == 0 or float(torch.rand(())) < STATEFUL_RESTART:
             state = model.init_state(b, h, w, device=voxel.device)
-            kept = (x.new_zeros(0, b, 1, h, w), x[:0])
-        first = c - len(kept[0])                                    # window (start step) of frames[0]
+            kept = None
+        first = c - (0 if kept is None else len(kept[0]))          # window (start step) of frames[0]
         with s.autocast():
             frames, state, kept = carried_window_frames(model, x[c:c + STATEFUL_CHUNK], state, kept)
         state = [(mem.detach(), spk.detach()) for mem, spk in state]
-        kept = (kept[0].detach(), kept[1])
+        kept = (kept[0].detach(), kept[1].detach())
         if len(frames):
             l1 = F.l1_loss(frames.float(), gt[:, first:first + len(frames)].transpose(0, 1))
             optimize(s, optimizer, s.args.recon_weight * l1)

@@ -60,7 +60,7 @@ def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
     want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 3, "cpu")))
 
     x = torch.from_numpy(spk).float().reshape(20, 1, 50, H, W)       # [steps, B=1, bins, H, W]
-    state, kept, got = model.init_state(1, H, W), (torch.zeros(0, 1, 1, H, W), x[:0]), []
+    state, kept, got = model.init_state(1, H, W), None, []
     with torch.no_grad():
         for c in range(0, 20, 3):
             frames, state, kept = train.carried_window_frames(model, x[c:c + 3], state, kept)
