@@ -128,6 +128,10 @@ def build_parser():
                         f"restarts from rest with probability {STATEFUL_RESTART}); each output frame (the mean "
                         "readout of its window's T steps) is scored by L1 against the clean frame at its "
                         "window's centre")
+    g.add_argument("--init", metavar="CKPT",
+                   help="start a new run's network from a trained checkpoint of the same architecture (its "
+                        "weights, BatchNorm statistics and linear skip, which is then not refitted), e.g. "
+                        "--stateful training of a temporal SNN first trained on single windows")
     g.add_argument("--teacher", help="with --recon_target teacher: a trained reconstructor checkpoint (ours, "
                                      "or the original SpikeCLIP LRN's state_dict), run frozen without gradients")
     g = p.add_argument_group("run")
@@ -165,6 +169,8 @@ def get_args(argv=None):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
     if args.stateful and not args.resume:
         check_stateful_options(p, args)
+    if args.init and not os.path.isfile(args.init):
+        p.error(f"--init {args.init}: no such file")
     args.explicit = typed_options(p, argv)
     args.stage_epochs = None   # a resumed run settles its schedule against the run's own (start_or_resume)
     if not args.resume:
@@ -760,6 +766,17 @@ def build_lrn(args, device):
     return model
 
 
+def init_from(model, path, backend, is_main):
+    """--init: the network's weights and BN statistics from a trained checkpoint, refused (one
+    line) when it is another architecture."""
+    trained = model_from_checkpoint(load_checkpoint(path), path, backend, expect_config=model.config())
+    with torch.no_grad():
+        for mine, theirs in zip(model.state_dict().values(), trained.state_dict().values()):
+            mine.copy_(theirs)
+    if is_main:
+        print(f"network initialised from {path} (sha256 {file_sha256(path)[:12]}); its linear skip is kept")
+
+
 def build_data(args, bins, device, rank, world):
     """-> (sampler, train loader, validation loader or None)."""
     cache_path = default_cache_path(args.data_root, args.data_type, "train") if args.cache is True else args.cache
@@ -1114,6 +1131,8 @@ def train(args):
         torch.backends.cudnn.benchmark = True
 
     model = build_lrn(args, device)
+    if args.init and run is None:   # (a resumed run's weights are its own checkpoint's)
+        init_from(model, args.init, args.backend, rank == 0)
     sampler, train_loader, val_loader = build_data(args, model.input_channels, device, rank, world)
     teacher, teacher_info = None, None
     if args.recon_target == "teacher":
@@ -1135,7 +1154,7 @@ def train(args):
         if run["scaler"]:   # empty when saved without fp16 (CPU, bf16)
             scaler.load_state_dict(run["scaler"])
         set_rng_state(run["rng"])
-    elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0:
+    elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0 and not args.init:
         fit_batches = first_windows(train_loader, model) if args.stateful else train_loader
         rmse = fit_linear_skip(model, fit_batches, args.recon_target, device, teacher=teacher)
         if rank == 0:

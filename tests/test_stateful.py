@@ -116,6 +116,21 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, 
                              str(tmp_path / "s.npy"), "--height", "16", "--width", "24", "--stride", "100"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (3, 16, 24) and "stateful" in capsys.readouterr().out
 
+    # --init: a new run starts from this network; its fixed linear skip is kept, not refitted
+    init = [*args[:args.index("st")], "st2", *args[args.index("st") + 1:], "--init", str(path)]
+    init[init.index("--epochs_coarse") + 1] = "1"
+    assert train.main(init) == 0
+    assert f"network initialised from {path}" in capsys.readouterr().out
+    started = torch.load(tmp_path / "exp" / "st2" / "ckpts" / "checkpoint_last.pth", weights_only=True)["model"]
+    assert torch.equal(started["skip.weight"], ckpt["model"]["skip.weight"])
+    assert not torch.equal(started["readout.weight"], ckpt["model"]["readout.weight"])   # and it trained on
+    # another architecture is refused at the start, in one line
+    other = [a for a in init if a != "--linear_skip"]
+    other[other.index("st2")] = "st3"
+    assert train.main(other) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "another architecture" in err[0]
+
 
 @pytest.mark.parametrize("flag", [["--encoding", "direct"], ["--recon_target", "tfi"], ["--epochs_fine", "1"],
                                   ["--no_simulate"]])
