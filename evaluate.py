@@ -74,8 +74,9 @@ def get_args(argv=None):
     p.add_argument("--clip_pretrained", help="default: the weights the checkpoint was trained with")
     p.add_argument("--backend", choices=["fast", "snntorch"], default="fast")
     p.add_argument("--dtype", choices=PRECISIONS,
-                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions, ~2.8x faster on "
-                        "a CPU with AVX512-BF16 (default where the device computes bf16 natively)")
+                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions (default on GPUs, "
+                        "and on CPUs with AVX512-BF16 but no VNNI); int8 (CPU): as bf16, the SNN's convs that "
+                        "take spikes in int8 (default on CPUs with AVX512-BF16 and VNNI; bench/cpu_inference.py)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--num_workers", type=non_negative_int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
                    help="loader processes; decompressing UHSR .npz files (~19 per second per core) is the "

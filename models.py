@@ -138,53 +138,95 @@ def lif_sequence(current, beta, threshold, surrogate_name="atan"):
     return _LIFSequence.apply(current, beta, threshold, surrogate_name)
 
 
-def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None):
+def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None, spike_dtype=None):
     """LIF over T steps for inference (no autograd), from rest or from a carried state (fp32
     membranes `mem` and last spikes `spk`, [B, C, H, W]): current [S, B, C, H, W] in the conv's
     dtype, S = T, or 1 for a current that is the same at every step (direct encoding's first
-    layer) -> (spikes [T, B, C, H, W] in that dtype, last membranes). The membrane is fp32 (in
+    layer) -> (spikes [T, B, C, H, W] in spike_dtype, by default the current's, last membranes).
+    The membrane is fp32 (in
     bf16 it would round away the small currents it integrates); the order of operations is
     _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly)."""
     if mem is None:
         mem = spk = torch.zeros_like(current[0], dtype=torch.float32)
-    spikes = []
+    spk, spikes = spk.float(), []
     for t in range(time_steps):
         step_current = current[t if current.shape[0] > 1 else 0].float()
-        mem = beta * mem + step_current - threshold * spk.float()
-        spk = (mem > threshold).to(current.dtype)
-        spikes.append(spk)
-    return torch.stack(spikes), mem
+        mem = beta * mem + step_current - threshold * spk
+        spk = (mem > threshold).float()
+        spikes.append(spk.to(spike_dtype or current.dtype))
+    # cat, not stack: compiled, cat writes each step's spikes straight into one channels_last
+    # buffer (stack of uint8 spikes fell back to a slow copy: 4x the time of the whole layer)
+    return torch.cat(spikes).view(time_steps, *current.shape[1:]), mem
 
 
-_compiled_lif = None
+def lif_spikes(current, time_steps, beta, threshold, spike_dtype=None):
+    """lif_inference from rest, the spikes alone (compiled, the last membranes are then never
+    written out)."""
+    return lif_inference(current, time_steps, beta, threshold, spike_dtype=spike_dtype)[0]
 
 
-def fused_lif(current, time_steps, beta, threshold, mem=None, spk=None):
-    """lif_inference as one kernel per layer on the CPU: torch.compile fuses its T steps into a
+_compiled = {}   # function -> its torch.compile'd version, False where compiling failed
+
+
+def _fused(fn, *args):
+    """fn compiled into one kernel per layer on the CPU: torch.compile fuses its T steps into a
     single pass over memory (eager, each step is several passes over [B, C, H, W], which cost
     as much as the bf16 convs). Compiling takes seconds once per process and input shape; where
     no C++ compiler is found the eager function runs (the same numbers)."""
-    global _compiled_lif
-    if current.device.type != "cpu" or _compiled_lif is False:
-        return lif_inference(current, time_steps, beta, threshold, mem, spk)
-    if _compiled_lif is None:
-        _compiled_lif = torch.compile(lif_inference)
+    if args[0].device.type != "cpu" or _compiled.get(fn) is False:
+        return fn(*args)
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn)
     try:
-        return _compiled_lif(current, time_steps, beta, threshold, mem, spk)
+        return _compiled[fn](*args)
     except torch._dynamo.exc.BackendCompilerFailed as e:
         print(f"warning: torch.compile failed ({str(e).splitlines()[0][:200]}); the LIF layers run "
               f"eagerly (slower, same output)", file=sys.stderr)
-        _compiled_lif = False
-        return lif_inference(current, time_steps, beta, threshold, mem, spk)
+        _compiled[fn] = False
+        return fn(*args)
 
 
-def conv_input(h, dtype):
-    """h in the inference convs' dtype and channels_last layout, copied only when it is not already
-    (.to(memory_format=...) copies a batch of one whatever its strides: 5 ms per 128-channel
-    250x400 spike map on this CPU, for spikes the fused LIF kernel wrote channels_last)."""
-    if h.dtype == dtype and h.is_contiguous(memory_format=torch.channels_last):
-        return h
-    return h.to(dtype, memory_format=torch.channels_last)
+def fused_lif(current, time_steps, beta, threshold, mem=None, spk=None, spike_dtype=None):
+    """lif_inference as one fused kernel per layer (CPU): -> (spikes, last membranes)."""
+    return _fused(lif_inference, current, time_steps, beta, threshold, mem, spk, spike_dtype)
+
+
+def fused_lif_spikes(current, time_steps, beta, threshold, spike_dtype=None):
+    """lif_spikes as one fused kernel per layer (CPU): from rest -> spikes [T, B, C, H, W]."""
+    return _fused(lif_spikes, current, time_steps, beta, threshold, spike_dtype)
+
+
+class FoldedConv:
+    """A 3x3 conv with its eval BatchNorm folded in, for inference (prepare_for_inference):
+    input [N, C, H, W] -> currents [N, C', H, W] in bf16, channels_last.
+    bf16: bf16 weights and input (spike counts are exact in bf16).
+    int8: for a layer whose input is binary spikes: the spikes as uint8 (exact), the weights int8
+    with one scale per output channel (round to nearest of w / (max|w| / 127)), accumulated in
+    int32 by oneDNN (AVX512-VNNI) and scaled back to bf16 currents. CPU only."""
+
+    def __init__(self, weight, bias, precision):
+        self.precision = precision
+        self.input_dtype = torch.uint8 if precision == "int8" else torch.bfloat16
+        self.bias = bias.float()
+        if precision == "int8":
+            self.scale = (weight.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-30).double()
+            qweight = torch.round(weight / self.scale.float()[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+            self.zero_points = torch.zeros(len(weight), dtype=torch.int64)
+            self.weight = torch.ops.onednn.qconv_prepack(qweight, self.scale, 1.0, 0, [1, 1], [1, 1], [1, 1], 1)
+        else:
+            self.weight = weight.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            self.bias = self.bias.to(torch.bfloat16)
+
+    def __call__(self, h):
+        # (.to(memory_format=...) copies a batch of one whatever its strides: 5 ms per
+        # 128-channel 250x400 spike map here, for spikes the fused LIF kernel wrote channels_last)
+        if h.dtype != self.input_dtype or not h.is_contiguous(memory_format=torch.channels_last):
+            h = h.to(self.input_dtype, memory_format=torch.channels_last)
+        if self.precision == "int8":
+            return torch.ops.onednn.qconv2d_pointwise(h, 1.0, 0, self.weight, self.scale, self.zero_points,
+                                                      self.bias, [1, 1], [1, 1], [1, 1], 1, 1.0, 0,
+                                                      torch.bfloat16, "none", [], "")
+        return F.conv2d(h, self.weight, self.bias, padding=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,17 +381,18 @@ class SpikingLRN(nn.Module):
 
     # -- inference after prepare_for_inference -------------------------------------------------
     def _forward_folded(self, x, return_rates):
-        """The fast path in eval mode with BN folded into the convs, the convs in the folded
-        weights' dtype (bf16) and channels_last, the LIF recurrence of a layer one fused kernel
-        with fp32 membranes; the readout runs in fp32 on the mean spike map."""
+        """The fast path in eval mode with BN folded into the convs (FoldedConv: bf16, or int8
+        for the layers that take spikes), channels_last, the LIF recurrence of a layer one fused
+        kernel with fp32 membranes emitting spikes in the next conv's input dtype; the readout
+        runs in fp32 on the mean spike map."""
         steps = self._step_inputs(x)                                     # [S, B, 50, H, W]
         b = steps.shape[1]
         h = steps.flatten(0, 1)
         rates = []
-        for weight, bias in self.folded:
-            h = conv_input(h, weight.dtype)
-            cur = F.conv2d(h, weight, bias, padding=1)                  # [S*B or T*B, C, H, W]
-            spk, _ = fused_lif(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold)
+        for l, conv in enumerate(self.folded):
+            cur = conv(h)                                                # [S*B or T*B, C, H, W]
+            spk = fused_lif_spikes(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold,
+                                   self._spike_dtype(l))
             if return_rates:      # a pass over the spikes: only when asked
                 rates.append(spk.mean(dtype=torch.float32))
             h = spk.flatten(0, 1)
@@ -358,6 +401,10 @@ class SpikingLRN(nn.Module):
             spike_sum += spk[t]
         image = self.readout(spike_sum / self.time_steps)
         return image, (torch.stack(rates) if return_rates else None)
+
+    def _spike_dtype(self, l):
+        """The dtype layer l's spikes are emitted in: what the next conv takes (the readout: bf16)."""
+        return self.folded[l + 1].input_dtype if l + 1 < len(self.folded) else torch.bfloat16
 
     def train(self, mode=True):
         if mode:   # training moves the BN statistics: folded weights would go stale
@@ -386,9 +433,10 @@ class SpikingLRN(nn.Module):
         k, b = x_steps.shape[:2]
         h, new_state = x_steps.flatten(0, 1), []
         if self.folded is not None and not self.training:    # after prepare_for_inference
-            for (mem, spk), (weight, bias) in zip(state, self.folded):
-                cur = F.conv2d(conv_input(h, weight.dtype), weight, bias, padding=1)
-                spikes, mem = fused_lif(cur.view(k, b, *cur.shape[1:]), k, self.beta, self.threshold, mem, spk)
+            for l, ((mem, spk), conv) in enumerate(zip(state, self.folded)):
+                cur = conv(h)
+                spikes, mem = fused_lif(cur.view(k, b, *cur.shape[1:]), k, self.beta, self.threshold, mem, spk,
+                                        self._spike_dtype(l))
                 new_state.append((mem, spikes[-1]))
                 h = spikes.flatten(0, 1)
             out = self.readout(h.float())
@@ -500,24 +548,28 @@ def build_model(config, backend="fast"):
 # membranes and an fp32 readout and skip: 2.6-2.8x less CPU time per output frame than fp32 on a
 # 2-core AVX512-BF16 CPU, +0.001 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def default_precision(device):
-    """bf16 where the device computes it natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs that
-    support it), else fp32 (emulated bf16 would be slower than fp32)."""
+    """The fastest precision whose output stays within 0.05 dB of fp32 on the REDS pairs
+    (bench/cpu_inference.py): int8 on CPUs with VNNI and native bf16 (AVX512-BF16 or AMX), bf16
+    where only bf16 is native (CUDA GPUs that support it too), else fp32 (emulated bf16 would be
+    slower than fp32)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if device.type == "cpu" and native else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return ("int8" if torch.cpu._is_vnni_supported() else "bf16") if bf16 else "fp32"
 
 
 def inference_precision(requested, backend, device):
     """The --dtype of a script that also takes --backend: the requested precision, else the
     device's default; the snnTorch reference loop is fp32 only (bf16 runs the folded fast path)."""
     if backend == "snntorch":
-        if requested == "bf16":
-            raise InputError("--dtype bf16 runs the BatchNorm-folded fast path; --backend snntorch is "
+        if requested in ("bf16", "int8"):
+            raise InputError(f"--dtype {requested} runs the BatchNorm-folded fast path; --backend snntorch is "
                              "the fp32 reference loop (use one or the other)")
         return "fp32"
     return requested or default_precision(device)
@@ -533,8 +585,10 @@ def fold_batchnorm(conv, bn):
 @torch.no_grad()
 def prepare_for_inference(model, precision):
     """Eval mode at `precision` (PRECISIONS) for a network already on its device -> the network.
-    bf16: the SNN keeps its weights and gets BN-folded bf16 copies (back to training mode drops
-    them); the plain CNN's hidden convs become bf16 in place, its output conv stays fp32."""
+    bf16: the SNN keeps its weights and gets BN-folded bf16 copies (FoldedConv; back to training
+    mode drops them); the plain CNN's hidden convs become bf16 in place, its output conv stays fp32.
+    int8 (CPU): as bf16, but the SNN's convs that take spikes (all but the first) are int8; the
+    plain CNN, whose activations are not spikes, runs bf16."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model.eval()
@@ -542,8 +596,11 @@ def prepare_for_inference(model, precision):
         return model
     dtype = torch.bfloat16
     if isinstance(model, SpikingLRN):
-        model.folded = [(w.to(dtype).contiguous(memory_format=torch.channels_last), b.to(dtype))
-                        for w, b in (fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns))]
+        if precision == "int8" and next(model.parameters()).device.type != "cpu":
+            raise InputError("--dtype int8 runs on the CPU (oneDNN); on a GPU use bf16 or fp32")
+        # int8 only where the input is binary spikes (layers 2..L); the first conv takes the voxel
+        model.folded = [FoldedConv(w, b, precision if l > 0 else "bf16")
+                        for l, (w, b) in enumerate(fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns))]
     else:
         model.net[:-1].to(dtype=dtype, memory_format=torch.channels_last)
         model.hidden_dtype = dtype

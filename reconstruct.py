@@ -86,8 +86,9 @@ def get_args(argv=None):
                    help="replace an existing --output (a folder: its PNG frames are removed first)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", choices=PRECISIONS,
-                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions, ~2.8x faster on "
-                        "a CPU with AVX512-BF16 (default where the device computes bf16 natively)")
+                   help="fp32: the exact network; bf16: BatchNorm folded into bf16 convolutions (default on GPUs, "
+                        "and on CPUs with AVX512-BF16 but no VNNI); int8 (CPU): as bf16, the SNN's convs that "
+                        "take spikes in int8 (default on CPUs with AVX512-BF16 and VNNI; bench/cpu_inference.py)")
     g.add_argument("--batch", type=positive_int,
                    help="windows (stateful: time steps) per device call (default: 16 on CUDA, 1 on the CPU)")
     args = p.parse_args(argv)

@@ -37,7 +37,7 @@ from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, check_output_folder, format_count, non_negative_int, pick_device, positive_float,
                    positive_int, report_input_error, spike_image)
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": None, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
 THROUGHPUT_WARMUP = 2      # warm-up calls per batch size (cuDNN picks its algorithms here)
 RANDOM_SPIKE_RATE = 0.03   # spikes timed by the benchmark: UHSR's mean rate (SPEC §2)
@@ -64,9 +64,9 @@ def get_args(argv=None):
                    help="torch.compile the network (auto: on CUDA; on the CPU compiling costs more than it saves)")
     g.add_argument("--dtype", choices=sorted(DTYPES),
                    help="precision of the network: fp32 exact; bf16 with the fast backend folds BatchNorm into "
-                        "bf16 convolutions (otherwise autocast), fp16 autocast (default: bf16 where the device "
-                        "computes it natively, else fp16 on CUDA, fp32 on the CPU; fp32 with --backend snntorch "
-                        "on the CPU)")
+                        "bf16 convolutions (otherwise autocast); int8 (CPU, fast backend) as bf16 with the SNN's "
+                        "spike-input convs in int8; fp16 autocast (default: reconstruct.py's on the CPU, fp32 "
+                        "with --backend snntorch; bf16 on CUDA where supported, else fp16)")
     g.add_argument("--clip_model", help="CLIP for the zero-shot label (default: the checkpoint's)")
     g.add_argument("--clip_pretrained", help="openai | /path/to/weights | none (default: the "
                                              "weights the checkpoint was trained with)")
@@ -109,6 +109,8 @@ def pick_dtype(name, device, backend):
         if device.type != "cuda":
             return default_precision(device) if backend == "fast" else "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "int8" and (device.type != "cpu" or backend != "fast"):
+        raise InputError("--dtype int8 runs the BatchNorm-folded fast path on the CPU (--backend fast)")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError("--dtype bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return name
@@ -126,8 +128,8 @@ class Runner:
     def __init__(self, model, device, dtype_name, compile_mode="auto"):
         self.model, self.device, self.dtype_name = model, device, dtype_name
         self.autocast_dtype = DTYPES[dtype_name]
-        if dtype_name == "bf16" and getattr(model, "backend", "fast") == "fast":
-            prepare_for_inference(model, "bf16")    # BN folded into bf16 convs: no autocast needed
+        if dtype_name in ("bf16", "int8") and getattr(model, "backend", "fast") == "fast":
+            prepare_for_inference(model, dtype_name)    # BN folded into bf16 (int8) convs: no autocast
             self.autocast_dtype = None
         self.channels_last = device.type == "cuda"
         if self.channels_last:

@@ -1,26 +1,27 @@
 """CPU inference and export: reconstruct.py's output frames/s with the exact fp32 network against
-the fast default (BatchNorm folded into bf16 convolutions, fused LIF), in the same run; the
-network alone in PyTorch and in onnxruntime; what the fast path changes (PSNR on the REDS pairs,
-share of flipped spikes per LIF layer); the NIR export read back and run by an independent
-reader; and how far both paths are from the CPU's arithmetic limit.
+the fast paths (BatchNorm folded into bf16 convolutions, fused LIF; int8: the convs that take
+spikes in int8 too), in the same run; the network alone in PyTorch and in onnxruntime; what each
+fast path changes (PSNR on the REDS pairs, share of flipped spikes per LIF layer); the NIR export
+read back and run by an independent reader; and how far the paths are from the CPU's limit.
 
     python bench/cpu_inference.py --checkpoint weights/normal.pth --pairs ../shared/datasets/reds-base-sample
 
-1. Speed: `reconstruct.py --input FOLDER --output x.npy --stride 50 --dtype fp32|bf16` on the
-   .dat files of --pairs read as one recording (250x400), alternating the two precisions for
-   --rounds rounds after one warm-up run of each (the warm-up of bf16 includes compiling the
-   fused LIF kernel; its time is printed). Output frames/s = output frames / wall time of the
+1. Speed: `reconstruct.py --input FOLDER --output x.npy --stride 50 --dtype fp32|bf16|int8` on
+   the .dat files of --pairs read as one recording (250x400), alternating the precisions for
+   --rounds rounds after one warm-up run of each (the warm-ups of bf16 and int8 include compiling
+   the fused LIF kernels; their time is printed). Output frames/s = output frames / wall time of the
    whole call (reading, unpacking, the network, writing); also the process's CPU seconds per
    frame. The machine may be shared: compare the ratios, not the absolute figures. Then the
-   network alone on one window: PyTorch fp32, PyTorch bf16 and the ONNX graph (convert.py) in
+   network alone on one window: PyTorch fp32, bf16 and int8, and the ONNX graph (convert.py) in
    onnxruntime.
-2. Quality: every .dat/.png pair's centre 200-frame window through both precisions: PSNR
-   against the ground truth, and the share of spikes (all layers, steps and pixels) that differ.
+2. Quality: every .dat/.png pair's centre 200-frame window through each precision: PSNR
+   against the ground truth, and the share of spikes (all layers, steps and pixels) that differ
+   from fp32's.
 3. NIR: convert.py's NIR file of the checkpoint (fp32) for the centre --nir_crop pixels, read
    back by nir.read and run for T steps by nirtorch's interpreter (tests/test_convert.py):
    the share of spikes that differ from ours and the image's largest change.
 4. Limit: the network's MACs per output frame (as the fast path executes them) against the
-   rate of a large fp32 and bf16 matrix product on the same threads (the best these cores do).
+   cores' nominal rates and a large fp32 and bf16 matrix product on the same threads.
 """
 import argparse
 import glob
@@ -45,6 +46,7 @@ from metrics import count_macs, psnr  # noqa: E402
 from models import load_checkpoint, model_from_checkpoint, prepare_for_inference, to_image  # noqa: E402
 
 H, W = 250, 400
+FAST = ("bf16", "int8")
 
 
 def cpu_clock_ghz():
@@ -87,7 +89,7 @@ class SpikeRecorder:
 
     def __init__(self):
         self.spikes = []
-        self.originals = (models.lif_sequence, models.fused_lif)
+        self.originals = (models.lif_sequence, models.fused_lif_spikes)
 
         def wrap(fn):
             def recorded(*a, **k):
@@ -95,10 +97,10 @@ class SpikeRecorder:
                 self.spikes.append(spk.float())
                 return spk
             return recorded
-        models.lif_sequence, models.fused_lif = (wrap(f) for f in self.originals)
+        models.lif_sequence, models.fused_lif_spikes = (wrap(f) for f in self.originals)
 
     def close(self):
-        models.lif_sequence, models.fused_lif = self.originals
+        models.lif_sequence, models.fused_lif_spikes = self.originals
 
 
 @torch.inference_mode()
@@ -111,11 +113,12 @@ def image_and_spikes(model, voxel):
     return image, recorder.spikes
 
 
-def quality(args):
-    """[(name, PSNR fp32, PSNR bf16, flipped spikes / all spikes positions, per-layer shares)]."""
+def quality(args, precision):
+    """[(name, PSNR fp32, PSNR at `precision`, flipped spikes / all spike positions, per-layer
+    shares, largest pixel change)]."""
     ckpt = load_checkpoint(args.checkpoint)
     exact = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "fp32")
-    fast = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "bf16")
+    fast = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), precision)
     rows = []
     for dat in sorted(glob.glob(os.path.join(args.pairs, "*.dat"))):
         png = os.path.splitext(dat)[0] + ".png"
@@ -137,14 +140,14 @@ def quality(args):
 
 
 def model_only(args):
-    """Seconds per 250x400 window of the network alone: PyTorch fp32, PyTorch bf16 (the default),
-    and the fp32 ONNX graph in onnxruntime (convert.py --to onnx), alternating."""
+    """Seconds per 250x400 window of the network alone: PyTorch fp32, bf16 and int8, and the fp32
+    ONNX graph in onnxruntime (convert.py --to onnx), alternating."""
     import onnxruntime as ort
 
     import convert
     ckpt = load_checkpoint(args.checkpoint)
     exact = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "fp32")
-    fast = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "bf16")
+    fast = {p: prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), p) for p in FAST}
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(convert.onnx_model(exact).SerializeToString(), options,
@@ -152,7 +155,8 @@ def model_only(args):
     dat = sorted(glob.glob(os.path.join(args.pairs, "*.dat")))[0]
     spk = center_window(read_dat(dat, H, W), UHSR_FRAMES, dat)
     voxel = torch.from_numpy(voxelize(spk, exact.input_channels))[None]
-    runs = {"PyTorch fp32": lambda: exact(voxel), "PyTorch bf16 (default)": lambda: fast(voxel),
+    runs = {"PyTorch fp32": lambda: exact(voxel), "PyTorch bf16": lambda: fast["bf16"](voxel),
+            "PyTorch int8": lambda: fast["int8"](voxel),
             "onnxruntime fp32": lambda: session.run(["image"], {"voxel": voxel.numpy()})}
     seconds = {k: [] for k in runs}
     with torch.inference_mode():
@@ -242,12 +246,12 @@ def main(argv=None):
         os.makedirs(folder)
         for i, dat in enumerate(dats):     # the parts of one recording, in numeric order
             shutil.copy(dat, os.path.join(folder, f"{i}.dat"))
-        for dtype in ("fp32", "bf16"):
+        for dtype in ("fp32",) + FAST:
             n, sec, _ = timed_reconstruct(args, folder, work, dtype, end=UHSR_FRAMES)
-            print(f"warm-up {dtype}: {n} frame in {sec:.1f} s (bf16: includes compiling the fused LIF kernel)")
-        fps, cpu = {"fp32": [], "bf16": []}, {"fp32": [], "bf16": []}
+            print(f"warm-up {dtype}: {n} frame in {sec:.1f} s (bf16, int8: includes compiling the fused LIF kernels)")
+        fps, cpu = {p: [] for p in ("fp32",) + FAST}, {p: [] for p in ("fp32",) + FAST}
         for r in range(args.rounds):
-            for dtype in ("fp32", "bf16"):
+            for dtype in ("fp32",) + FAST:
                 n, sec, cpu_sec = timed_reconstruct(args, folder, work, dtype)
                 fps[dtype].append(n / sec)
                 cpu[dtype].append(cpu_sec / n)
@@ -255,31 +259,35 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = {k: max(v) for k, v in fps.items()}
-    ratios = [b / a for a, b in zip(fps["fp32"], fps["bf16"])]
-    cpu_ratios = [a / b for a, b in zip(cpu["fp32"], cpu["bf16"])]
     print(f"\n## reconstruct.py output frames/s, {H}x{W}, stride 50, {frames} frames a run, "
           f"{args.rounds} alternating rounds")
     print("| path | frames/s per round | best | CPU seconds per frame (all threads) |")
     print("|---|---|---|---|")
-    for dtype, label in (("fp32", "fp32 (exact: --dtype fp32)"), ("bf16", "bf16 (default: BN folded, fused LIF)")):
+    labels = {"fp32": "fp32 (exact: --dtype fp32)", "bf16": "bf16 (BN folded, bf16 convs, fused LIF)",
+              "int8": "int8 (as bf16, the convs that take spikes in int8)"}
+    for dtype, label in labels.items():
         print(f"| {label} | {' '.join(f'{v:.3f}' for v in fps[dtype])} | {best[dtype]:.3f} | "
               f"{' '.join(f'{v:.2f}' for v in cpu[dtype])} |")
-    print(f"speed-up bf16 / fp32 in wall time, per round: {' '.join(f'{r:.2f}x' for r in ratios)} "
-          f"(median {np.median(ratios):.2f}x); in CPU time: {' '.join(f'{r:.2f}x' for r in cpu_ratios)} "
-          f"(median {np.median(cpu_ratios):.2f}x)")
+    for dtype in FAST:
+        ratios = [b / a for a, b in zip(fps["fp32"], fps[dtype])]
+        cpu_ratios = [a / b for a, b in zip(cpu["fp32"], cpu[dtype])]
+        print(f"speed-up {dtype} / fp32 in wall time, per round: {' '.join(f'{r:.2f}x' for r in ratios)} "
+              f"(median {np.median(ratios):.2f}x); in CPU time: {' '.join(f'{r:.2f}x' for r in cpu_ratios)} "
+              f"(median {np.median(cpu_ratios):.2f}x)")
 
     model_only(args)
 
     # -- 2. quality ------------------------------------------------------------------------------
-    rows = quality(args)
     print("\n## REDS pairs: centre 200 frames, full 250x400 frame")
-    print("| pair | PSNR fp32 dB | PSNR bf16 dB | change dB | max pixel change | flipped spikes (all) | per LIF layer |")
-    print("|---|---|---|---|---|---|---|")
-    for name_, a, b, total, layers, maxdiff in rows:
-        print(f"| {name_} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {maxdiff:.4f} | {100 * total:.3f}% | "
-              + " ".join(f"{100 * x:.3f}%" for x in layers) + " |")
-    mean_change = np.mean([b - a for _, a, b, *_ in rows])
-    print(f"mean PSNR change {mean_change:+.4f} dB")
+    print("| pair | precision | PSNR fp32 dB | PSNR dB | change dB | max pixel change | flipped spikes (all) "
+          "| per LIF layer |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in FAST:
+        rows = quality(args, dtype)
+        for name_, a, b, total, layers, maxdiff in rows:
+            print(f"| {name_} | {dtype} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {maxdiff:.4f} | {100 * total:.3f}% | "
+                  + " ".join(f"{100 * x:.3f}%" for x in layers) + " |")
+        print(f"mean PSNR change {dtype}: {np.mean([b - a for _, a, b, *_ in rows]):+.4f} dB")
 
     nir_round_trip(args)
 
@@ -301,6 +309,14 @@ def main(argv=None):
         bound, gemm = theory[dtype] * 1e9 / macs, peak[dtype] * 1e9 / macs
         print(f"| {dtype} | {theory[dtype]:.0f} ({bound:.2f}) | {peak[dtype]:.0f} ({gemm:.2f}) | {best[dtype]:.3f} | "
               f"{100 * best[dtype] / bound:.0f}% | {100 * best[dtype] / gemm:.0f}% |")
+    # int8: the convs that take spikes at VPDPBUSD's 4 int8 MAC per 32-bit lane (128 per cycle
+    # on the two pipes, assumed as for bf16), the first conv at the bf16 rate
+    layers = count_macs(model, (model.input_channels, H, W))["layers"]
+    spike_convs = model.time_steps * sum(layer["macs"] for layer in layers[1:-1])   # conv2..L, every step
+    int8_seconds = ((macs - spike_convs) / (64 * args.threads * clock)
+                    + spike_convs / (128 * args.threads * clock)) / 1e9
+    print(f"| int8 (first conv bf16) | - ({1 / int8_seconds:.2f}) | - | {best['int8']:.3f} | "
+          f"{100 * best['int8'] * int8_seconds:.0f}% | - |")
     return 0
 
 

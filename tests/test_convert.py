@@ -256,13 +256,14 @@ def test_command_line(tmp_path, capsys):
 # prepare_for_inference
 
 @pytest.mark.parametrize("encoding", ["direct", "temporal"])
-def test_bf16_inference_stays_close_and_fp32_is_exact(encoding):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_fast_inference_stays_close_and_fp32_is_exact(encoding, precision):
     model = tiny_snn(encoding)
     voxel = voxel_for(model, 2, 24, 24)
     with torch.no_grad():
         exact = model(voxel)
         assert torch.equal(prepare_for_inference(model, "fp32")(voxel), exact)
-        prepare_for_inference(model, "bf16")
+        prepare_for_inference(model, precision)
         fast, rates = model(voxel, return_rates=True)
         # steps(), the stateful path, uses the same folded convs
         state = model.init_state(2, 24, 24)
@@ -270,7 +271,7 @@ def test_bf16_inference_stays_close_and_fp32_is_exact(encoding):
         stepped, _ = model.steps(steps, state)
         parts = model.skip_steps(steps)
     assert fast.dtype == torch.float32 and rates.shape == (len(model.convs),)
-    # bf16 rounding flips the spikes of membranes near the threshold; in this tiny random
+    # bf16 (int8) rounding flips the spikes of membranes near the threshold; in this tiny random
     # network a flip moves a pixel by up to ~0.3, so the check is on the mean
     assert (fast - exact).abs().mean() < 0.1 * exact.abs().mean()
     assert torch.allclose(model.window_image(stepped, parts), fast, atol=1e-5)
@@ -294,6 +295,8 @@ def test_fused_lif_equals_the_reference_recurrence():
     spikes, _ = models.fused_lif(current, 3, 0.9, 1.0)
     expected = models._LIFSequence.apply(current.float(), 0.9, 1.0, "atan")
     assert spikes.dtype == torch.bfloat16 and torch.equal(spikes.float(), expected)
+    spikes = models.fused_lif_spikes(current, 3, 0.9, 1.0, torch.uint8)   # for an int8 conv next
+    assert spikes.dtype == torch.uint8 and torch.equal(spikes.float(), expected)
     constant, _ = models.fused_lif(current[:1], 3, 0.9, 1.0)      # the same current at every step
     expected = models._LIFSequence.apply(current[:1].float().expand(3, -1, -1, -1, -1), 0.9, 1.0, "atan")
     assert torch.equal(constant.float(), expected)
@@ -302,6 +305,23 @@ def test_fused_lif_equals_the_reference_recurrence():
     rest, _ = models.fused_lif(current[1:], 2, 0.9, 1.0, mem, first[-1])
     assert torch.equal(torch.cat([first, rest]).float(), expected_all := models._LIFSequence.apply(
         current.float(), 0.9, 1.0, "atan")) and expected_all.sum() > 0
+
+
+def test_int8_conv_of_spikes_is_the_conv_with_per_channel_rounded_weights():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(8, 6, 3, 3) * 0.1, torch.randn(8) * 0.1
+    weight[3] *= 20                                               # channels of very different scales
+    spikes = (torch.rand(2, 6, 9, 11) < 0.3).float()
+    conv = models.FoldedConv(weight, bias, "int8")
+    assert conv.input_dtype == torch.uint8
+    got = conv(spikes.to(torch.uint8))
+    scale = weight.abs().amax(dim=(1, 2, 3)) / 127
+    rounded = torch.round(weight / scale[:, None, None, None]) * scale[:, None, None, None]
+    want = torch.nn.functional.conv2d(spikes, rounded, bias, padding=1)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    # exact integer sums, scaled back to bf16: bf16's rounding of the result is the only error
+    assert torch.allclose(got.float(), want, rtol=2 ** -7, atol=1e-3)
+    assert not torch.allclose(want, torch.nn.functional.conv2d(spikes, weight, bias, padding=1), atol=1e-4)
 
 
 def test_plain_cnn_bf16_hidden_layers():

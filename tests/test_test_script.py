@@ -42,7 +42,7 @@ def test_benchmark_writes_record(tiny_run, tmp_path, capsys):
                            "--results_file", str(results)])
     assert rc == 0
     out = capsys.readouterr().out
-    default = default_precision(torch.device("cpu"))      # bf16 on a CPU with AVX512-BF16, else fp32
+    default = default_precision(torch.device("cpu"))      # int8 / bf16 on a CPU with VNNI / AVX512-BF16
     assert "n/a (no NVML" in out and f"dtype {default}" in out
     runs = json.loads(results.read_text())["runs"]
     assert len(runs) == 1
