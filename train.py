@@ -128,6 +128,10 @@ def build_parser():
                         f"restarts from rest with probability {STATEFUL_RESTART}); each output frame (the mean "
                         "readout of its window's T steps) is scored by L1 against the clean frame at its "
                         "window's centre")
+    g.add_argument("--flicker_weight", type=non_negative_float, default=0.0,
+                   help="with --stateful: weight of an L1 term between the change from one output frame to the "
+                        "next and the clean frames' change (what moves should change, what stands still should "
+                        "not flicker)")
     g.add_argument("--init", metavar="CKPT",
                    help="start a new run's network from a trained checkpoint of the same architecture (its "
                         "weights, BatchNorm statistics and linear skip, which is then not refitted), e.g. "
@@ -169,6 +173,8 @@ def get_args(argv=None):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
     if args.stateful and not args.resume:
         check_stateful_options(p, args)
+    if args.flicker_weight and not args.stateful:
+        p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
     if args.init and not os.path.isfile(args.init):
         p.error(f"--init {args.init}: no such file")
     args.explicit = typed_options(p, argv)
@@ -978,7 +984,9 @@ def carried_window_frames(model, x_steps, state, kept):
 def stateful_step(s, batch, optimizer):
     """One batch of recordings, STATEFUL_CHUNK steps at a time, an optimizer step after each chunk
     (truncated back-propagation through time); the state and kept readouts pass on detached.
-    -> (mean weighted loss, {"recon": mean L1}) over the chunks."""
+    Loss: recon_weight * L1 of each output frame to its clean frame, + flicker_weight * L1 of the
+    change between consecutive output frames (of a chunk) to the clean frames' change.
+    -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1}) over the chunks."""
     model = s.model
     voxel, gt = batch["voxel"], batch["gt"]                       # [B, steps*bins, S, S], [B, K, 1, S, S]
     b, _, h, w = voxel.shape
@@ -994,11 +1002,15 @@ def stateful_step(s, batch, optimizer):
         state = [(mem.detach(), spk.detach()) for mem, spk in state]
         kept = (kept[0].detach(), kept[1].detach())
         if len(frames):
-            l1 = F.l1_loss(frames.float(), gt[:, first:first + len(frames)].transpose(0, 1))
-            optimize(s, optimizer, s.args.recon_weight * l1)
-            losses.append(l1.detach())
-    l1 = torch.stack(losses).mean()
-    return s.args.recon_weight * l1, {"recon": l1}
+            frames, clean = frames.float(), gt[:, first:first + len(frames)].transpose(0, 1)
+            l1 = F.l1_loss(frames, clean)
+            change = (F.l1_loss(frames[1:] - frames[:-1], clean[1:] - clean[:-1]) if len(frames) > 1
+                      else l1.new_zeros(()))
+            weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change
+            optimize(s, optimizer, weighted)
+            losses.append(torch.stack([weighted, l1, change]).detach())
+    weighted, l1, change = torch.stack(losses).mean(0)
+    return weighted, {"recon": l1, "flicker": change}
 
 
 def first_windows(loader, model):

@@ -90,7 +90,7 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, 
     args = ["--data_root", str(tiny_data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
             *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
             "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
-            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6"]
+            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--flicker_weight", "0.5"]
     args[args.index("--random_clip_terms")] = "--clip_weight=0"
     steps = {"n": 0}
     real = train.optimize
@@ -108,6 +108,9 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, 
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["opt"]["stateful"] == 6
     assert all(np.isfinite(h["train_recon"]) for h in ckpt["history"]) and len(ckpt["history"]) == 3
+    assert all(h["train_flicker"] > 0 for h in ckpt["history"])      # the change term was scored
+    assert all(np.isclose(h["train_loss"], 1.5 * h["train_recon"] + 0.5 * h["train_flicker"], rtol=1e-4)
+               for h in ckpt["history"])
     assert ckpt["model"]["readout.weight"].abs().sum() > 0            # the spiking path was trained
     # the checkpoint streams, stateful by default
     spk = (np.random.default_rng(0).random((400, 16, 24)) < 0.3).astype(np.uint8)
@@ -147,3 +150,9 @@ def test_stateful_needs_a_temporal_snn_on_simulated_recordings(tmp_path, photos,
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--stateful 4" in err and "needs" in err
+
+
+def test_flicker_weight_needs_stateful(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.get_args(["--flicker_weight", "1", "--epochs_coarse", "1", "--epochs_prompt", "0", "--epochs_fine", "0"])
+    assert e.value.code == 2 and "--flicker_weight" in capsys.readouterr().err.strip().splitlines()[-1]
