@@ -1,6 +1,5 @@
 """train.py --stateful: recordings of consecutive windows, the membranes carried as reconstruct.py
 carries them, truncated back-propagation, random restarts."""
-import dataclasses
 
 import numpy as np
 import pytest
