@@ -27,7 +27,8 @@ Two implementations of this one function share the same parameters:
   LIF recurrence is one fused autograd function; BN runs natively (per step in training); the
   linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
 Inference (prepare_for_inference, the scripts' default where bf16 is native): the fast path in
-eval mode with each BN folded into its conv, bf16 convs and one fused kernel per LIF layer.
+eval mode with each BN folded into its conv (FoldedConv), bf16 convs -- int8 for the convs that
+take spikes, on CPUs with VNNI -- and one fused kernel per LIF layer.
 """
 import hashlib
 import math
