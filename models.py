@@ -600,8 +600,12 @@ def prepare_for_inference(model, precision):
         if precision == "int8" and next(model.parameters()).device.type != "cpu":
             raise InputError("--dtype int8 runs on the CPU (oneDNN); on a GPU use bf16 or fp32")
         # int8 only where the input is binary spikes (layers 2..L); the first conv takes the voxel
-        model.folded = [FoldedConv(w, b, precision if l > 0 else "bf16")
-                        for l, (w, b) in enumerate(fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns))]
+        try:
+            model.folded = [FoldedConv(w, b, precision if l > 0 else "bf16") for l, (w, b)
+                            in enumerate(fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns))]
+        except (RuntimeError, AttributeError) as e:   # no oneDNN int8 in this PyTorch build
+            raise InputError(f"--dtype {precision}: this PyTorch build cannot run it here "
+                             f"({str(e).splitlines()[0][:120]}); use bf16 or fp32") from e
     else:
         model.net[:-1].to(dtype=dtype, memory_format=torch.channels_last)
         model.hidden_dtype = dtype
