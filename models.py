@@ -144,9 +144,8 @@ def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None, spik
     membranes `mem` and last spikes `spk`, [B, C, H, W]): current [S, B, C, H, W] in the conv's
     dtype, S = T, or 1 for a current that is the same at every step (direct encoding's first
     layer) -> (spikes [T, B, C, H, W] in spike_dtype, by default the current's, last membranes).
-    The membrane is fp32 (in
-    bf16 it would round away the small currents it integrates); the order of operations is
-    _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly)."""
+    The membrane is fp32 (in bf16 it would round away the small currents it integrates); the
+    order of operations is _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly)."""
     if mem is None:
         mem = spk = torch.zeros_like(current[0], dtype=torch.float32)
     spk, spikes = spk.float(), []
@@ -546,8 +545,9 @@ def build_model(config, backend="fast"):
 # ----------------------------------------------------------------------------------------------
 # Inference precision: "fp32" is the exact path (the numbers training validated); "bf16" folds
 # each BatchNorm into its conv and runs the convs in bfloat16, channels_last, with fp32
-# membranes and an fp32 readout and skip: 2.6-2.8x less CPU time per output frame than fp32 on a
-# 2-core AVX512-BF16 CPU, +0.001 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
+# membranes and an fp32 readout and skip; "int8" also runs the convs that take spikes in int8.
+# On a 2-core AVX512-BF16/VNNI CPU: 3.1-3.4x (bf16) and 4.6-5.0x (int8) the output frames/s of
+# fp32, within +0.003 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
