@@ -970,15 +970,15 @@ def carried_window_frames(model, x_steps, state, kept):
         parts = readouts[:, :, :0]
     if kept is not None:
         readouts, parts = torch.cat([kept[0], readouts]), torch.cat([kept[1], parts])
-    seq, t = readouts, model.time_steps
-    keep = len(seq) - min(len(seq), t - 1)
-    m = len(seq) - t + 1
+    t = model.time_steps
+    keep = len(readouts) - min(len(readouts), t - 1)
+    m = len(readouts) - t + 1
     if m <= 0:
-        return seq[:0], state, (seq, parts)
-    windows = torch.stack([seq[i:i + t] for i in range(m)], 1).flatten(1, 2)     # [T, m*B, 1, S, S]
-    window_parts = torch.stack([parts[i:i + t] for i in range(m)], 1).flatten(1, 2)   # [T, m*B, T, S, S]
+        return readouts[:0], state, (readouts, parts)
+    windows = torch.stack([readouts[i:i + t] for i in range(m)], 1).flatten(1, 2)   # [T, m*B, 1, S, S]
+    window_parts = torch.stack([parts[i:i + t] for i in range(m)], 1).flatten(1, 2)  # [T, m*B, P, S, S]
     frames = model.window_image(windows, window_parts)
-    return frames.view(m, *seq.shape[1:]), state, (seq[keep:], parts[keep:])
+    return frames.view(m, *readouts.shape[1:]), state, (readouts[keep:], parts[keep:])
 
 
 def stateful_step(s, batch, optimizer):
