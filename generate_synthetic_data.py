@@ -499,23 +499,26 @@ class SimulatedStreams(torch.utils.data.Dataset):
 
     Items are the dicts of dataset.UHSRDataset. `exclude`: label_name values (as written by
     this script into .npz files) whose source images must not be used, e.g. the images that
-    the validation and test files were made from. `length`: items per epoch.
+    the validation and test files were made from; `only`: if given, the label_name values whose
+    images alone are used (e.g. to simulate validation recordings of the validation files' photos).
+    `length`: items per epoch. `sensor`: the sensor's split (make_sensor): by default one of its
+    own, so the validation/test files' fixed pattern is never trained on.
     """
 
     def __init__(self, source_dir, data_type, cfg, crop_size, bins, num_frames=200, exclude=(),
-                 length=None, seed=0):
+                 length=None, seed=0, only=None, sensor="on_the_fly"):
         names = CLASS_NAMES[data_type]
         exclude = set(exclude)
         self.images = [(label, path) for label, refs in sorted(folder_source(source_dir, data_type).items())
-                       for _, path in refs if sample_name(path, names[label]) not in exclude]
+                       for _, path in refs if sample_name(path, names[label]) not in exclude
+                       and (only is None or sample_name(path, names[label]) in only)]
         if not self.images:
             raise InputError(f"{source_dir}: no images left for training after excluding the "
                              f"{len(exclude)} used by the validation/test files")
         self.data_type, self.class_names, self.cfg = data_type, names, cfg
         self.crop_size, self.bins, self.num_frames = crop_size, bins, num_frames
         self.length = length or len(self.images)
-        # its own sensor: the validation/test files' fixed pattern is never trained on
-        self.sensor = make_sensor(cfg, cfg.frame_hw, seed, "on_the_fly")
+        self.sensor = make_sensor(cfg, cfg.frame_hw, seed, sensor)
         self.margin = motion_margin(cfg)
         h, w = cfg.frame_hw
         if min(h, w) < crop_size:
@@ -530,32 +533,36 @@ class SimulatedStreams(torch.utils.data.Dataset):
         spk, gt, label = self.capture(rng, self.num_frames)
         return make_item(spk, gt[0], label, self.class_names, self.bins, True, -1)
 
-    def capture(self, rng, num_frames, gt_frames=None):
+    def capture(self, rng, num_frames, gt_frames=None, still_camera=False):
         """One new capture of a crop_size window: a random scene seen for num_frames frames ->
         (spk uint8 [num_frames, s, s], gt uint8 [len(gt_frames), s, s], label of the main photo);
         gt holds the clean frames at the (fractional) frame instants gt_frames, by default the
-        centre instant (num_frames - 1) / 2."""
-        s, h, w = self.crop_size, *self.cfg.frame_hw
+        centre instant (num_frames - 1) / 2. still_camera: the background (the rigid scene) does
+        not move, shake, turn or zoom; cut-outs still move, without turning or zooming."""
+        cfg = self.cfg
+        if still_camera:
+            cfg = dataclasses.replace(cfg, motion_px=(0.0, 0.0), jitter_px=0.0, rotation_deg=0.0, zoom=0.0)
+        s, h, w = self.crop_size, *cfg.frame_hw
         top, left = int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1))
         sensor = tuple(x[top:top + s, left:left + s] for x in self.sensor)
         label, main = self.images[int(rng.integers(len(self.images)))]
-        if self.cfg.layers is None:                    # one photograph drifting rigidly (UHSR)
+        if cfg.layers is None:                    # one photograph drifting rigidly (UHSR)
             with Image.open(main) as img:
-                canvas = scene_canvas(img, self.cfg.frame_hw, self.cfg, rng)
+                canvas = scene_canvas(img, cfg.frame_hw, cfg, rng)
             window = canvas[top:top + s + 2 * self.margin, left:left + s + 2 * self.margin]
             if gt_frames is not None and list(gt_frames) != [(num_frames - 1) / 2]:
                 raise ValueError("the rigid-drift camera renders only the centre frame")
-            spk, gt = simulate_spikes(window, num_frames, self.cfg, sensor, rng, (s, s))
+            spk, gt = simulate_spikes(window, num_frames, cfg, sensor, rng, (s, s))
             gt = gt[None]
         else:                                          # a layered, video-like scene
-            n_cutouts = int(rng.integers(self.cfg.layers[0], self.cfg.layers[1] + 1))
+            n_cutouts = int(rng.integers(cfg.layers[0], cfg.layers[1] + 1))
             paths = [main] + [self.images[int(rng.integers(len(self.images)))][1] for _ in range(n_cutouts)]
             photos = []
             for path in paths:
                 with Image.open(path) as img:
                     photos.append(img.convert("L"))
-            layers = random_scene(photos, (s, s), self.cfg, rng)
-            spk, gt = simulate_layered_spikes(layers, num_frames, self.cfg, sensor, rng, (s, s), gt_frames)
+            layers = random_scene(photos, (s, s), cfg, rng)
+            spk, gt = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, (s, s), gt_frames)
         # a random flip and 90-degree turn (also of the motion's direction), from rng so that a
         # capture is a function of rng
         flip, turns = bool(rng.integers(2)), int(rng.integers(4))

@@ -16,6 +16,9 @@ LIF (snnTorch `Leaky`, reset by subtraction, reset_delay):
     spk_t = H(mem_t - theta)            backward: a surrogate derivative of H
 Encodings: *direct* feeds the same 50-bin voxel at every step; *temporal* feeds step t its own
 50-bin slice of the stream, so the input has 50*T channels [B, T*50, H, W].
+Streaming (stream_frames): a temporal SNN runs one step per new slice of the stream, membranes
+carried; optional image gate (--image_gate): a second readout channel says per pixel how much
+of the previous output frame to keep, so still content averages over many windows (carry_image).
 BatchNorm in training mode normalises each time step's batch on its own and updates the running
 statistics once per step, exactly what a step-by-step loop does.
 
@@ -28,13 +31,15 @@ Two implementations of this one function share the same parameters:
   linear readout runs once on the mean spike map (mean_t conv(s_t) = conv(mean_t s_t)).
 Inference (prepare_for_inference, the scripts' default where bf16 is native): the fast path in
 eval mode with each BN folded into its conv (FoldedConv), bf16 convs -- int8 for the convs that
-take spikes, on CPUs with VNNI -- and one fused kernel per LIF layer.
+take spikes, on CPUs with VNNI -- the linear skip as extra output channels of the first conv,
+and one fused kernel per LIF layer.
 """
 import hashlib
 import math
 import os
 import re
 import sys
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -48,6 +53,11 @@ from utils import InputError
 LRN_CHANNELS = (64, 128, 64, 16)
 ORIGINAL_ORIGIN = "spikeclip-original"    # model_config["origin"] of the authors' trained LRN
 ORIGINAL_NAME = "the original SpikeCLIP LRN"
+# image gate (carry_image) at the start of training: keep sigmoid(1) = 73 % of the carried frame
+# where nothing changes (a still scene's noise averaged over ~6 windows), and a change of 0.05
+# (a moving edge) lowers the logit by 1; starting at 12 % (-2), the logit moved by 0.1 in 8 epochs
+GATE_INIT_LOGIT = 1.0
+GATE_INIT_MOTION_GAIN = 20.0
 
 
 # Surrogate derivatives, as functions of x = mem - theta (the same as snntorch.surrogate)
@@ -236,7 +246,8 @@ class SpikingLRN(nn.Module):
     analog image [B, 1, H, W] (not clamped: clamp where CLIP or a metric sees it)."""
 
     def __init__(self, in_bins=50, time_steps=4, encoding="direct", beta=0.9, threshold=1.0,
-                 surrogate_name="atan", backend="fast", channels=LRN_CHANNELS, linear_skip=False):
+                 surrogate_name="atan", backend="fast", channels=LRN_CHANNELS, linear_skip=False,
+                 image_gate=False):
         super().__init__()
         if time_steps < 1:
             raise ValueError("time_steps must be >= 1")
@@ -258,13 +269,24 @@ class SpikingLRN(nn.Module):
         if linear_skip:   # start from the linear image; the spiking path learns the correction
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
+        # image_gate (temporal encoding, stateful streams): how much of the carried output image
+        # each pixel keeps (carry_image); starts near "keep nothing", i.e. the plain window image
+        self.gate = self.motion_gain = None
+        if image_gate:
+            if encoding != "temporal":
+                raise ValueError("image_gate carries the image of a stateful stream: temporal encoding only")
+            self.gate = nn.Conv2d(channels[-1], 1, 3, padding=1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, GATE_INIT_LOGIT)
+            self.motion_gain = nn.Parameter(torch.tensor(math.log(GATE_INIT_MOTION_GAIN)))
         # snnTorch neurons for the reference backend (they hold no trainable parameters)
         self.lifs = nn.ModuleList(
             snn.Leaky(beta=beta, threshold=threshold, spike_grad=SURROGATES[surrogate_name][0]())
             for _ in channels)
-        # prepare_for_inference: [(weight, bias)] of each conv with its eval BN folded in, in the
-        # inference dtype; None = the exact fp32 path (and always in training)
-        self.folded = None
+        # prepare_for_inference: [FoldedConv] of each conv with its eval BN folded in, in the
+        # inference dtype, the first one also computing the skip's parts when folded_skip;
+        # None = the exact fp32 path (and always in training)
+        self.folded, self.folded_skip = None, False
 
     @property
     def input_channels(self):
@@ -272,10 +294,13 @@ class SpikingLRN(nn.Module):
 
     def config(self):
         """Everything needed to rebuild this network (stored in checkpoints)."""
-        return {"arch": "snn", "in_bins": self.in_bins, "time_steps": self.time_steps,
-                "encoding": self.encoding, "beta": self.beta, "threshold": self.threshold,
-                "surrogate": self.surrogate_name,
-                "channels": [c.out_channels for c in self.convs], "linear_skip": self.skip is not None}
+        config = {"arch": "snn", "in_bins": self.in_bins, "time_steps": self.time_steps,
+                  "encoding": self.encoding, "beta": self.beta, "threshold": self.threshold,
+                  "surrogate": self.surrogate_name,
+                  "channels": [c.out_channels for c in self.convs], "linear_skip": self.skip is not None}
+        if self.gate is not None:     # only when set: older checkpoints' configs stay equal
+            config["image_gate"] = True
+        return config
 
     def _step_inputs(self, x):
         """[B, C, H, W] -> per-step inputs: [1, B, 50, H, W] (direct) or [T, B, 50, H, W]
@@ -290,9 +315,10 @@ class SpikingLRN(nn.Module):
 
     def forward(self, x, return_rates=False):
         """x: voxel [B, C, H, W] -> image [B, 1, H, W] (and per-layer firing rates [L])."""
-        if self.folded is not None and not self.training:
+        if self.folded is not None and not self.training:     # the skip rides on the first conv
             image, rates = self._forward_folded(x, return_rates)
-        elif self.backend == "snntorch":
+            return (image, rates) if return_rates else image
+        if self.backend == "snntorch":
             image, rates = self._forward_snntorch(x)
         else:
             image, rates = self._forward_fast(x)
@@ -384,13 +410,15 @@ class SpikingLRN(nn.Module):
         """The fast path in eval mode with BN folded into the convs (FoldedConv: bf16, or int8
         for the layers that take spikes), channels_last, the LIF recurrence of a layer one fused
         kernel with fp32 membranes emitting spikes in the next conv's input dtype; the readout
-        runs in fp32 on the mean spike map."""
+        runs in fp32 on the mean spike map; the skip comes out of the first conv (folded_skip)."""
         steps = self._step_inputs(x)                                     # [S, B, 50, H, W]
-        b = steps.shape[1]
+        s, b = steps.shape[:2]
         h = steps.flatten(0, 1)
         rates = []
         for l, conv in enumerate(self.folded):
             cur = conv(h)                                                # [S*B or T*B, C, H, W]
+            if l == 0:
+                cur, parts = self._split_skip(cur)
             spk = fused_lif_spikes(cur.view(-1, b, *cur.shape[1:]), self.time_steps, self.beta, self.threshold,
                                    self._spike_dtype(l))
             if return_rates:      # a pass over the spikes: only when asked
@@ -400,7 +428,17 @@ class SpikingLRN(nn.Module):
         for t in range(1, self.time_steps):
             spike_sum += spk[t]
         image = self.readout(spike_sum / self.time_steps)
+        if parts is not None:      # the window's steps' skip parts (direct: its one voxel's)
+            image = self.window_image(image[None], parts.view(s, b, *parts.shape[1:]))
         return image, (torch.stack(rates) if return_rates else None)
+
+    def _split_skip(self, cur):
+        """The first folded conv's output [N, C + P, H, W] -> (currents [N, C, H, W], the skip's
+        parts [N, P, H, W] in fp32, as skip_steps() gives them), or (cur, None) without a skip."""
+        if not self.folded_skip:
+            return cur, None
+        c = self.convs[0].out_channels
+        return cur[:, :c], cur[:, c:].float()
 
     def _spike_dtype(self, l):
         """The dtype layer l's spikes are emitted in: what the next conv takes (the readout: bf16)."""
@@ -420,12 +458,13 @@ class SpikingLRN(nn.Module):
                  .to(memory_format=torch.channels_last),) * 2 for c in self.convs]
 
     def steps(self, x_steps, state):
-        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (spiking
-        readouts [K, B, 1, H, W], new state); window_image() makes a window's image of them
-        (with skip_steps() of the same steps).
+        """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (readouts
+        [K, B, C, H, W], skip parts [K, B, P, H, W] (skip_steps(); None without a skip), new
+        state): readout channel 0 the spiking readout of each step, channel 1 (with an image gate)
+        the gate's logit; window_image() makes a window's image of a window's T steps.
 
         Feeding a long stream slice by slice, carrying the state, gives spike-to-video
-        (reconstruct.py); in training mode the K steps back-propagate, BN normalising each
+        (stream_frames); in training mode the K steps back-propagate, BN normalising each
         step's batch on its own as forward() does (train.py --stateful). Layer by layer, as the
         fast path: each conv runs once on the [K*B] batch (one device call for K steps), then
         the LIF recurrence walks the K steps from the carried membranes.
@@ -435,20 +474,24 @@ class SpikingLRN(nn.Module):
         if self.folded is not None and not self.training:    # after prepare_for_inference
             for l, ((mem, spk), conv) in enumerate(zip(state, self.folded)):
                 cur = conv(h)
+                if l == 0:
+                    cur, parts = self._split_skip(cur)
+                    parts = None if parts is None else parts.view(k, b, *parts.shape[1:])
                 spikes, mem = fused_lif(cur.view(k, b, *cur.shape[1:]), k, self.beta, self.threshold, mem, spk,
                                         self._spike_dtype(l))
                 new_state.append((mem, spikes[-1]))
                 h = spikes.flatten(0, 1)
-            out = self.readout(h.float())
-            return out.view(k, b, *out.shape[1:]), new_state
-        for l, (mem, spk) in enumerate(state):
-            cur = self._conv_bn(l, h, k)
-            spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,
-                                    self.surrogate_name)
-            new_state.append((mem, spikes[-1]))
-            h = spikes.flatten(0, 1)
-        out = self.readout(h)
-        return out.view(k, b, *out.shape[1:]), new_state
+            h = h.float()
+        else:
+            parts = self.skip_steps(x_steps)
+            for l, (mem, spk) in enumerate(state):
+                cur = self._conv_bn(l, h, k)
+                spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,
+                                        self.surrogate_name)
+                new_state.append((mem, spikes[-1]))
+                h = spikes.flatten(0, 1)
+        out = self.readout(h) if self.gate is None else torch.cat([self.readout(h), self.gate(h)], 1)
+        return out.view(k, b, *out.shape[1:]), parts, new_state
 
     def skip_steps(self, x_steps):
         """The linear skip split over time steps, for streaming: x_steps [K, B, 50, H, W] ->
@@ -466,10 +509,10 @@ class SpikingLRN(nn.Module):
         return parts.view(k, b, *parts.shape[1:])
 
     def window_image(self, readouts, skip_parts):
-        """The image of a window from the spiking readouts [T, B, 1, H, W] of its T steps
-        (steps()) and their skip_steps() [T, B, P, H, W]: what forward() computes from zero
-        membranes, and the output frame of a stream with the state carried."""
-        image = readouts.mean(0)
+        """The image of a window from the readouts [T, B, C, H, W] of its T steps (steps()) and
+        their skip_steps() [T, B, P, H, W]: what forward() computes from zero membranes, and the
+        output frame of a stream with the state carried (before carry_image())."""
+        image = readouts[:, :, :1].mean(0)
         if self.skip is None:
             return image
         if self.encoding == "temporal":   # step p of the window, its weights for position p
@@ -478,6 +521,53 @@ class SpikingLRN(nn.Module):
             skip = skip_parts[:, :, 0].mean(0)
         return image + (skip + self.skip.bias)[:, None]
 
+    def carry_image(self, image, carried, gate_logit):
+        """The output frame of a stateful stream with an image gate: the new window's image
+        [B, 1, H, W] blended into the previous output frame `carried` (None at rest: the window's
+        image), pixel by pixel keeping
+            keep = sigmoid(gate_logit - exp(motion_gain) * mean3x3 |image - carried|)
+        of it. gate_logit [B, 1, H, W] is read out of the window's last step's spikes; the
+        change term lets a moving edge (a large change) drop what was carried there. On still
+        content the frame averages over many windows (less noise, less flicker); where things
+        move it follows the new window (no smear). A convex blend, so the brightness stays."""
+        if carried is None:
+            return image
+        change = F.avg_pool2d((image - carried).abs(), 3, stride=1, padding=1, count_include_pad=False)
+        keep = torch.sigmoid(gate_logit - self.motion_gain.exp() * change)
+        return image + keep * (carried - image)
+
+    def init_stream(self, batch, height, width, device=None):
+        """A stream at rest: zero membranes, no steps kept, no carried image."""
+        return StreamCarry(self.init_state(batch, height, width, device), None, None)
+
+    def stream_frames(self, x_steps, carry):
+        """The next K steps of a stream, x_steps [K, B, 50, H, W], after `carry` (init_stream() at
+        rest) -> (the output frame of every window of T consecutive steps that ends among them,
+        [m, B, 1, H, W] in order, m = kept + K - T + 1 or none; the new carry). A window's frame is
+        window_image() -- from rest exactly forward()'s image of it -- then, with an image gate,
+        carry_image() of it into the previous frame. reconstruct.py runs a stream through this a
+        device call at a time; train.py --stateful back-propagates through chunks of it."""
+        readouts, parts, state = self.steps(x_steps, carry.state)
+        if parts is None:                   # no skip: nothing of the steps but their readouts counts
+            parts = readouts[:, :, :0]
+        if carry.kept is not None:
+            readouts, parts = torch.cat([carry.kept[0], readouts]), torch.cat([carry.kept[1], parts])
+        t, image = self.time_steps, carry.image
+        m = len(readouts) - t + 1
+        frames = readouts[:0, :, :1]
+        if m > 0:
+            windows = torch.stack([readouts[i:i + t] for i in range(m)], 1).flatten(1, 2)   # [T, m*B, C, H, W]
+            window_parts = torch.stack([parts[i:i + t] for i in range(m)], 1).flatten(1, 2)
+            frames = self.window_image(windows, window_parts).view(m, *readouts.shape[1:2], 1, *readouts.shape[3:])
+            if self.gate is not None:
+                carried = []
+                for i in range(m):        # each window's frame blends into the one before
+                    image = self.carry_image(frames[i], image, readouts[i + t - 1, :, 1:])
+                    carried.append(image)
+                frames = torch.stack(carried)
+        keep = len(readouts) - min(len(readouts), t - 1)
+        return frames, StreamCarry(state, (readouts[keep:], parts[keep:]), image)
+
     @torch.no_grad()
     def step(self, x_t, state):
         """One time step in eval mode: x_t [B, 50, H, W] -> (spiking readout [B, 1, H, W], new
@@ -485,8 +575,22 @@ class SpikingLRN(nn.Module):
         of direct encoding."""
         if self.training:
             raise RuntimeError("step() runs the network in eval mode: call model.eval() first")
-        out, state = self.steps(x_t[None], state)
-        return out[0], state
+        out, _, state = self.steps(x_t[None], state)
+        return out[0, :, :1], state
+
+
+class StreamCarry(NamedTuple):
+    """What a stream carries from one call of SpikingLRN.stream_frames() to the next."""
+    state: list                 # [(membranes, last spikes)] of each LIF layer, [B, C, H, W] each
+    kept: Optional[tuple]       # (readouts [n, B, C, H, W], skip parts [n, B, P, H, W]) of the last
+                                # n <= T-1 steps, whose windows end in the next call; None at rest
+    image: Optional[torch.Tensor]   # the last output frame [B, 1, H, W] (image gate only), or None
+
+    def detached(self):
+        """The same carry cut from the autograd graph (truncated back-propagation through time)."""
+        return StreamCarry([(mem.detach(), spk.detach()) for mem, spk in self.state],
+                           None if self.kept is None else tuple(x.detach() for x in self.kept),
+                           None if self.image is None else self.image.detach())
 
 
 class PlainLRN(nn.Module):
@@ -538,7 +642,8 @@ def build_model(config, backend="fast"):
     if arch == "snn":
         return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
                           config["beta"], config["threshold"], config["surrogate"], backend,
-                          tuple(config["channels"]), config.get("linear_skip", False))
+                          tuple(config["channels"]), config.get("linear_skip", False),
+                          config.get("image_gate", False))
     raise ValueError(f"unknown architecture {arch!r} (expected 'snn' or 'ann')")
 
 
@@ -600,9 +705,19 @@ def prepare_for_inference(model, precision):
         if precision == "int8" and next(model.parameters()).device.type != "cpu":
             raise InputError("--dtype int8 runs on the CPU (oneDNN); on a GPU use bf16 or fp32")
         # int8 only where the input is binary spikes (layers 2..L); the first conv takes the voxel
+        folded = [fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns)]
+        model.folded_skip = model.skip is not None
+        if model.folded_skip:
+            # the skip sees the first conv's input (temporal: P = T parts, the weights of each
+            # step position; skip_steps), so it runs as P more output channels of that conv: a
+            # separate fp32 conv with a few output channels cost 5x the whole first conv here.
+            # bf16 weights and output: REDS PSNR -0.011 to +0.004 dB from fp32 (bench/cpu_inference.py)
+            p = 1 if model.encoding == "direct" else model.time_steps
+            w0, b0 = folded[0]
+            folded[0] = (torch.cat([w0, model.skip.weight.view(p, model.in_bins, *w0.shape[2:])]),
+                         torch.cat([b0, torch.zeros_like(b0[:p])]))
         try:
-            model.folded = [FoldedConv(w, b, precision if l > 0 else "bf16") for l, (w, b)
-                            in enumerate(fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns))]
+            model.folded = [FoldedConv(w, b, precision if l > 0 else "bf16") for l, (w, b) in enumerate(folded)]
         except (RuntimeError, AttributeError) as e:   # no oneDNN int8 in this PyTorch build
             raise InputError(f"--dtype {precision}: this PyTorch build cannot run it here "
                              f"({str(e).splitlines()[0][:120]}); use bf16 or fp32") from e
@@ -638,7 +753,8 @@ def model_name(config):
     if config.get("arch") == "ann":
         return "ANN (plain-CNN LRN)"
     skip = ", linear skip" if config.get("linear_skip") else ""
-    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip})"
+    gate = ", image gate" if config.get("image_gate") else ""
+    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip}{gate})"
 
 
 # ----------------------------------------------------------------------------------------------

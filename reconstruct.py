@@ -9,8 +9,10 @@ window it was trained on; from one output frame to the next the window moves --s
 - A temporal-encoding SNN runs *stateful*: each new slice of 200/T frames is one time step, the
   membranes carry on from the step before, and an output frame is the mean readout of the last
   T steps plus the linear skip of their window (from zero membranes that is exactly forward() on
-  its window). --reset_every N starts
-  every N-th output frame from rest: the frames after it are exactly those of a fresh run there.
+  its window); with an image gate (train.py --image_gate) that image is blended into the
+  previous frame, pixel by pixel as the gate says (SpikingLRN.stream_frames). --reset_every N
+  starts every N-th output frame from rest: the frames after it are exactly those of a fresh
+  run there.
 - Stateless models (direct-encoding SNN, the plain CNN of --arch ann), and a temporal SNN with
   --sliding, run every window on its own from zero, --batch windows per device call.
 The stream is read a window (or a chunk of steps) at a time and unpacked on the device, so
@@ -27,7 +29,6 @@ Exit status 2: unusable input (checkpoint, stream, options). A stream that ends 
 frame is reconstructed up to it and then reported, also with status 2.
 """
 import argparse
-import collections
 import contextlib
 import itertools
 import os
@@ -74,7 +75,7 @@ def get_args(argv=None):
     g.add_argument("--fps", type=positive_float, default=30.0, help="frame rate of the written .mp4")
     g.add_argument("--reset_every", type=positive_int,
                    help="stateful SNN: start every N-th output frame from rest (zero membranes, no kept "
-                        "readouts), exactly as a fresh run from its window (default: never)")
+                        "readouts, no carried image), exactly as a fresh run from its window (default: never)")
     g.add_argument("--sliding", action="store_true",
                    help="run a temporal-encoding SNN on independent windows (each from zero membranes) "
                         "instead of carrying its state; stateless models always do")
@@ -211,10 +212,11 @@ def sliding_frames(model, stream, first, num_out, stride, batch, device):
 
 def stateful_frames(model, stream, first, num_out, stride, reset_every, batch, device):
     """A temporal-encoding SNN over consecutive slices of WINDOW / T frames, one time step each,
-    membranes carried; `batch` steps per call. Output frame j is the mean readout of the T steps
-    of its window (the image forward() computes, there from zero membranes). With reset_every N,
-    output frames kN.. kN+N-1 are exactly those of a fresh run that starts at frame kN's window:
-    membranes and kept readouts start from zero there (a window that overlaps the previous
+    membranes carried; `batch` steps per call. Output frame j is the frame of its window of T
+    steps (SpikingLRN.stream_frames: the image forward() computes there from zero membranes, and
+    with an image gate blended into the frame before). With reset_every N, output frames
+    kN.. kN+N-1 are exactly those of a fresh run that starts at frame kN's window: membranes, kept
+    readouts and the carried image start from zero there (a window that overlaps the previous
     segment's is run again from rest)."""
     segment = reset_every or num_out
     for j in range(0, num_out, segment):
@@ -224,28 +226,22 @@ def stateful_frames(model, stream, first, num_out, stride, reset_every, batch, d
 
 def carried_frames(model, stream, first, num_out, stride, batch, device):
     """stateful_frames() from rest at spike frame `first`, never restarting."""
-    steps_per_window = model.time_steps
-    step_frames = WINDOW // steps_per_window
+    step_frames = WINDOW // model.time_steps
     steps_per_out = stride // step_frames
-    num_steps = (num_out - 1) * steps_per_out + steps_per_window
+    num_steps = (num_out - 1) * steps_per_out + model.time_steps
     h, w = stream.frame_shape
-    state = model.init_state(1, h, w, device=device)
-    recent = collections.deque(maxlen=steps_per_window)   # (readout, skip parts) of the last T steps
+    carry = model.init_stream(1, h, w, device=device)
+    window = 0                          # the window (= its first step) of the next frame computed
     for s in range(0, num_steps, batch):
         k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
         voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)[:, None]  # [k, 1, bins, H, W]
         with torch.inference_mode():
-            readouts, state = model.steps(voxel, state)                  # [k, 1, 1, H, W]
-            parts = model.skip_steps(voxel)                              # [k, 1, T, H, W] or None
-        for t in range(s, s + k):
-            recent.append((readouts[t - s].float(), None if parts is None else parts[t - s]))
-            if t + 1 >= steps_per_window and (t + 1 - steps_per_window) % steps_per_out == 0:
-                window_readouts, window_parts = zip(*recent)
-                with torch.inference_mode():
-                    image = model.window_image(torch.stack(window_readouts),
-                                               None if parts is None else torch.stack(window_parts))
+            images, carry = model.stream_frames(voxel, carry)                 # [m, 1, 1, H, W]
+        for image in images:
+            if window % steps_per_out == 0:
                 yield to_image(image[0, 0].float())
+            window += 1
 
 
 def is_stateful(model, sliding):
@@ -465,8 +461,10 @@ def describe(model, stateful):
     cfg = model.config()
     if cfg["arch"] == "ann":
         return f"{model_name(cfg)}, sliding window"     # e.g. the original SpikeCLIP LRN
-    return (f"SNN T={cfg['time_steps']} {cfg['encoding']} encoding, "
-            f"{'stateful: membranes carried from frame to frame' if stateful else 'sliding window'}")
+    carried = "stateful: membranes carried from frame to frame"
+    if cfg.get("image_gate"):
+        carried = "stateful: membranes and, through the image gate, the image carried from frame to frame"
+    return f"SNN T={cfg['time_steps']} {cfg['encoding']} encoding, {carried if stateful else 'sliding window'}"
 
 
 def main(argv=None):

@@ -96,6 +96,10 @@ def build_parser():
     g.add_argument("--linear_skip", action="store_true",
                    help="SNN: add a linear conv of the input to the spiking readout (the spiking layers "
                         "learn the residual; models.py)")
+    g.add_argument("--image_gate", action="store_true",
+                   help="with --stateful: the network also reads out, per pixel, how much of the previous "
+                        "output frame to keep (models.SpikingLRN.carry_image): still content averages over "
+                        "many windows, moving content follows the new one")
     g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
                    help="fast: fused multi-step path; snntorch: the reference step loop (same function)")
     g = p.add_argument_group("CLIP")
@@ -125,9 +129,10 @@ def build_parser():
                         "K consecutive windows of one recording in a row at a stride of one time step (200/T "
                         "frames), the membranes carried from window to window as reconstruct.py runs the "
                         f"network (back-propagation truncated every {STATEFUL_CHUNK} steps, where a recording "
-                        f"restarts from rest with probability {STATEFUL_RESTART}); each output frame (the mean "
-                        "readout of its window's T steps) is scored by L1 against the clean frame at its "
-                        "window's centre")
+                        f"restarts from rest with probability {STATEFUL_RESTART}; in {STATEFUL_STILL * 100:.0f}%% of the "
+                        "recordings the camera stands still); each output frame (the mean readout of its "
+                        "window's T steps) is scored by L1 against the clean frame at its window's centre; "
+                        "validation: one fixed recording of each validation file's photo")
     g.add_argument("--flicker_weight", type=non_negative_float, default=0.0,
                    help="with --stateful: weight of an L1 term between the change from one output frame to the "
                         "next and the clean frames' change (what moves should change, what stands still should "
@@ -173,6 +178,8 @@ def get_args(argv=None):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
     if args.stateful and not args.resume:
         check_stateful_options(p, args)
+    if args.image_gate and not (args.stateful or args.resume):
+        p.error("--image_gate is trained with --stateful K (a frame carried from window to window); give --stateful K")
     if args.flicker_weight and not args.stateful:
         p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
     if args.init and not os.path.isfile(args.init):
@@ -279,6 +286,26 @@ def simulated_train_set(args, val_files, bins):
         print(f"--stateful {args.stateful}: each item one recording of {train_set.num_steps} time steps "
               f"({train_set.num_steps * train_set.step_frames} frames), membranes carried")
     return train_set
+
+
+def validation_recordings(args, val_files):
+    """--stateful: the validation set is recordings, scored as training scores them (an image gate
+    acts only when a frame is carried): one fixed recording (seeded by its index) per validation
+    file, simulated from the photos of the validation files, with their sensor, at the training
+    crop; made once, in memory."""
+    photos = {load_label_name(f) for f in val_files.files}
+    try:
+        streams = SimulatedStreams(args.simulate_from, args.data_type, LIGHT[args.light], args.crop_size, UHSR_BINS,
+                                   UHSR_FRAMES, only=photos, seed=args.seed, sensor="train")
+    except InputError:     # no image of the folder is one the validation files show
+        raise InputError(f"--stateful validates on recordings of the validation files' photos, but none of the "
+                         f"{len(val_files)} files of {val_files.root} was made from an image of --simulate_from "
+                         f"{args.simulate_from} (generate_synthetic_data.py --source_dir makes such files)") from None
+    recordings = SimulatedRecordings(streams, args.stateful, args.time_steps, UHSR_BINS, seed=args.seed)
+    items = [recordings[i] for i in range(len(val_files))]
+    print(f"validation: {len(items)} recordings of {recordings.num_steps * recordings.step_frames} frames "
+          f"simulated from the photos of the {len(val_files)} files of {val_files.root}")
+    return items
 
 
 CAMERA_SAMPLES = 4        # items of each side that are compared
@@ -754,7 +781,7 @@ def what_ran(ran, offline):
 def build_lrn(args, device):
     if args.arch == "snn":
         model = SpikingLRN(UHSR_BINS, args.time_steps, args.encoding, args.beta, args.threshold,
-                           args.surrogate, args.backend, linear_skip=args.linear_skip)
+                           args.surrogate, args.backend, linear_skip=args.linear_skip, image_gate=args.image_gate)
     else:
         if args.encoding == "temporal":
             raise InputError("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
@@ -774,13 +801,21 @@ def build_lrn(args, device):
 
 def init_from(model, path, backend, is_main):
     """--init: the network's weights and BN statistics from a trained checkpoint, refused (one
-    line) when it is another architecture."""
-    trained = model_from_checkpoint(load_checkpoint(path), path, backend, expect_config=model.config())
-    with torch.no_grad():
-        for mine, theirs in zip(model.state_dict().values(), trained.state_dict().values()):
-            mine.copy_(theirs)
+    line) when it is another architecture. The one difference allowed: --image_gate on a network
+    trained without one, whose gate then starts from its initialisation."""
+    ckpt = load_checkpoint(path)
+    expect = model.config()
+    adds_gate = expect.get("image_gate") and not ckpt["model_config"].get("image_gate")
+    if adds_gate:
+        expect.pop("image_gate")
+    trained = model_from_checkpoint(ckpt, path, backend, expect_config=expect)
+    if trained.config() != expect:       # e.g. a gated checkpoint for a run without --image_gate
+        raise CheckpointError(f"{path}: checkpoint is from another architecture ({model_name(trained.config())}, "
+                              f"the run's is {model_name(model.config())})")
+    model.load_state_dict(trained.state_dict(), strict=not adds_gate)
     if is_main:
-        print(f"network initialised from {path} (sha256 {file_sha256(path)[:12]}); its linear skip is kept")
+        print(f"network initialised from {path} (sha256 {file_sha256(path)[:12]}); its linear skip is kept"
+              + ("; the image gate is new" if adds_gate else ""))
 
 
 def build_data(args, bins, device, rank, world):
@@ -797,7 +832,7 @@ def build_data(args, bins, device, rank, world):
                                 files=[full.files[i] for i in train_idx], cache_path=cache_path)
         if args.recon_target == "gt" and not full[train_idx[0]]["has_gt"]:
             raise InputError(f"--recon_target gt, but {full.files[train_idx[0]]} has no gt image")
-    val_set = Subset(full, val_idx)
+    val_set = validation_recordings(args, full) if args.stateful else Subset(full, val_idx)
     # shuffling depends only on (seed, stage, epoch), so a resumed run sees the same batches
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
     loader_kw = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
@@ -928,21 +963,25 @@ def optimize(s, optimizer, loss):
 
 # ----------------------------------------------------------------------------------------------
 # --stateful: consecutive windows of one recording with the membranes carried, exactly as
-# reconstruct.py runs a temporal SNN on a stream, so that a carried state gives the image (and
-# the brightness) of a window from rest. Validation stays the stage's own: windows from rest.
+# reconstruct.py runs a temporal SNN on a stream (SpikingLRN.stream_frames), so that a carried
+# state gives the image (and the brightness) of a window from rest. Validation: fixed recordings.
 
 STATEFUL_CHUNK = 8        # time steps back-propagated together (2 windows at T=4), then detached
 STATEFUL_RESTART = 0.25   # chance that a chunk after a recording's first starts from rest
+# chance that a recording's camera stands still (only its cut-outs move), as a fixed spike
+# camera watching a moving object: still content should come out still (the image gate)
+STATEFUL_STILL = 0.25
 
 
 class SimulatedRecordings(torch.utils.data.Dataset):
     """--stateful K: each item one new simulated recording (SimulatedStreams.capture) of the
     K - 1 + T time steps that K consecutive windows span at a stride of one step:
     "voxel" uint8 [(K - 1 + T) * bins, S, S], step after step as temporal encoding takes it;
-    "gt" float [K, 1, S, S], the clean frame at the centre instant of window j (steps j..j+T-1)."""
+    "gt" float [K, 1, S, S], the clean frame at the centre instant of window j (steps j..j+T-1).
+    seed: item i is the fixed recording of seed [seed, i] (validation) instead of a new one."""
 
-    def __init__(self, streams, windows, time_steps, bins):
-        self.streams, self.windows, self.bins = streams, windows, bins
+    def __init__(self, streams, windows, time_steps, bins, seed=None):
+        self.streams, self.windows, self.bins, self.seed = streams, windows, bins, seed
         self.images = streams.images
         self.step_frames = UHSR_FRAMES // time_steps
         self.num_steps = windows - 1 + time_steps
@@ -951,39 +990,22 @@ class SimulatedRecordings(torch.utils.data.Dataset):
         return len(self.streams)
 
     def __getitem__(self, i):
-        rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))   # seeded per DataLoader worker
+        if self.seed is None:
+            rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))   # seeded per DataLoader worker
+        else:
+            rng = np.random.default_rng([self.seed, i])
         centres = [j * self.step_frames + (UHSR_FRAMES - 1) / 2 for j in range(self.windows)]
-        spk, gt, _ = self.streams.capture(rng, self.num_steps * self.step_frames, centres)
+        still = bool(rng.random() < STATEFUL_STILL)
+        spk, gt, _ = self.streams.capture(rng, self.num_steps * self.step_frames, centres, still)
         return {"voxel": torch.from_numpy(voxelize(spk, self.num_steps * self.bins, np.uint8)),
                 "gt": torch.from_numpy(gt.astype(np.float32) / 255.0)[:, None]}
 
 
-def carried_window_frames(model, x_steps, state, kept):
-    """reconstruct.py's stateful output frames over a chunk of steps x_steps [K, B, bins, S, S]
-    from `state`; kept: (readouts [n, B, 1, S, S], skip_steps() [n, B, P, S, S]) of the n <= T-1
-    steps before the chunk since rest, None at rest. -> (frames [m, B, 1, S, S], the image of every
-    window of T consecutive steps that ends in the chunk (frames[0]'s window starts n steps before
-    it); the new state; what to keep for the next chunk)."""
-    readouts, state = model.steps(x_steps, state)
-    parts = model.skip_steps(x_steps)
-    if parts is None:                   # no skip: nothing of the steps but their readouts counts
-        parts = readouts[:, :, :0]
-    if kept is not None:
-        readouts, parts = torch.cat([kept[0], readouts]), torch.cat([kept[1], parts])
-    t = model.time_steps
-    keep = len(readouts) - min(len(readouts), t - 1)
-    m = len(readouts) - t + 1
-    if m <= 0:
-        return readouts[:0], state, (readouts, parts)
-    windows = torch.stack([readouts[i:i + t] for i in range(m)], 1).flatten(1, 2)   # [T, m*B, 1, S, S]
-    window_parts = torch.stack([parts[i:i + t] for i in range(m)], 1).flatten(1, 2)  # [T, m*B, P, S, S]
-    frames = model.window_image(windows, window_parts)
-    return frames.view(m, *readouts.shape[1:]), state, (readouts[keep:], parts[keep:])
-
-
-def stateful_step(s, batch, optimizer):
-    """One batch of recordings, STATEFUL_CHUNK steps at a time, an optimizer step after each chunk
-    (truncated back-propagation through time); the state and kept readouts pass on detached.
+def stateful_step(s, batch, optimizer=None):
+    """One batch of recordings, STATEFUL_CHUNK steps at a time; the carry (membranes, kept
+    readouts, carried image) passes on detached. Training (an optimizer): an optimizer step after
+    each chunk (truncated back-propagation through time), and a chunk after the first starts from
+    rest with probability STATEFUL_RESTART; validation (none): from rest to the end.
     Loss: recon_weight * L1 of each output frame to its clean frame, + flicker_weight * L1 of the
     change between consecutive output frames (of a chunk) to the clean frames' change.
     -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1}) over the chunks."""
@@ -993,21 +1015,20 @@ def stateful_step(s, batch, optimizer):
     x = voxel.reshape(b, -1, model.in_bins, h, w).transpose(0, 1)   # [steps, B, bins, S, S]
     losses = []
     for c in range(0, len(x), STATEFUL_CHUNK):
-        if c == 0 or float(torch.rand(())) < STATEFUL_RESTART:
-            state = model.init_state(b, h, w, device=voxel.device)
-            kept = None
-        first = c - (0 if kept is None else len(kept[0]))          # window (start step) of frames[0]
+        if c == 0 or (optimizer is not None and float(torch.rand(())) < STATEFUL_RESTART):
+            carry = model.init_stream(b, h, w, device=voxel.device)
+        first = c - (0 if carry.kept is None else len(carry.kept[0]))   # window (start step) of frames[0]
         with s.autocast():
-            frames, state, kept = carried_window_frames(model, x[c:c + STATEFUL_CHUNK], state, kept)
-        state = [(mem.detach(), spk.detach()) for mem, spk in state]
-        kept = (kept[0].detach(), kept[1].detach())
+            frames, carry = model.stream_frames(x[c:c + STATEFUL_CHUNK], carry)
+        carry = carry.detached()
         if len(frames):
             frames, clean = frames.float(), gt[:, first:first + len(frames)].transpose(0, 1)
             l1 = F.l1_loss(frames, clean)
             change = (F.l1_loss(frames[1:] - frames[:-1], clean[1:] - clean[:-1]) if len(frames) > 1
                       else l1.new_zeros(()))
             weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change
-            optimize(s, optimizer, weighted)
+            if optimizer is not None:
+                optimize(s, optimizer, weighted)
             losses.append(torch.stack([weighted, l1, change]).detach())
     weighted, l1, change = torch.stack(losses).mean(0)
     return weighted, {"recon": l1, "flicker": change}
@@ -1022,19 +1043,23 @@ def first_windows(loader, model):
 
 @torch.no_grad()
 def validate(s, stage, loader):
-    """The stage's own weighted loss on the held-out files (lower is better)
-    -> (score, (first batch, its reconstruction) for the image grid)."""
+    """The stage's own weighted loss on the held-out files, or with --stateful on the validation
+    recordings (lower is better) -> (score, (first batch, its reconstruction) for the image grid;
+    None for recordings)."""
     s.model.eval()
     s.prompts.eval()
     hq_generator = torch.Generator().manual_seed(s.args.seed)   # the same bank images every epoch
     total, n, shown = 0.0, 0, None
     for batch in loader:
         batch = to_device(batch, s.device)
-        loss, _, out = batch_loss(s, stage, batch, training=False, hq_generator=hq_generator)
-        total += float(loss) * len(batch["label"])
-        n += len(batch["label"])
-        if shown is None:
-            shown = (batch, out)
+        if s.args.stateful:
+            loss, _ = stateful_step(s, batch)
+        else:
+            loss, _, out = batch_loss(s, stage, batch, training=False, hq_generator=hq_generator)
+            if shown is None:
+                shown = (batch, out)
+        total += float(loss) * len(batch["voxel"])
+        n += len(batch["voxel"])
     set_train_mode(s, stage)
     return total / n, shown
 

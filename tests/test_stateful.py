@@ -32,9 +32,9 @@ def recording_instants(monkeypatch):
     """Record the clean-frame instants each capture() is asked for."""
     asked, real = [], gsd.SimulatedStreams.capture
 
-    def capture(self, rng, num_frames, gt_frames=None):
+    def capture(self, rng, num_frames, gt_frames=None, still_camera=False):
         asked.append((num_frames, list(gt_frames)))
-        return real(self, rng, num_frames, gt_frames)
+        return real(self, rng, num_frames, gt_frames, still_camera)
     monkeypatch.setattr(gsd.SimulatedStreams, "capture", capture)
     return asked
 
@@ -44,33 +44,78 @@ def photos(tmp_path):
     return photo_folder(tmp_path / "photos", 40)
 
 
-def test_training_frames_are_reconstructs_stateful_frames(tmp_path):
-    """The frames the loss sees, chunk after chunk with the state and kept readouts carried, are
-    the frames reconstruct.py writes for the same stream (same steps per device call: identical)."""
+def moving_stream(tmp_path, frames=1000):
     rng = np.random.default_rng(1)
     canvas = rng.random((H + 16, W + 16), dtype=np.float32)
     cfg = gsd.CameraConfig(rate=0.6, motion_px=(6.0, 6.0))
-    spk, _ = gsd.simulate_spikes(canvas, 1000, cfg, gsd.make_sensor(cfg, (H, W), 0), rng, (H, W))
-    model = calibrated_temporal_snn(spk)
+    spk, _ = gsd.simulate_spikes(canvas, frames, cfg, gsd.make_sensor(cfg, (H, W), 0), rng, (H, W))
     dat = str(tmp_path / "s.dat")
     dataset.write_dat(dat, spk)
-    stream = reconstruct.open_stream(dat, H, W)
-    num_out = (1000 - 200) // 50 + 1
-    want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 3, "cpu")))
+    return spk, reconstruct.open_stream(dat, H, W)
 
-    x = torch.from_numpy(spk).float().reshape(20, 1, 50, H, W)       # [steps, B=1, bins, H, W]
-    state, kept, got = model.init_state(1, H, W), None, []
+
+def chunked_frames(model, spk, chunk):
+    """stream_frames over the whole stream, `chunk` steps per call, the carry passed on (not clamped)."""
+    x = torch.from_numpy(spk).float().reshape(-1, 1, 50, H, W)        # [steps, B=1, bins, H, W]
+    carry, got = model.init_stream(1, H, W), []
     with torch.no_grad():
-        for c in range(0, 20, 3):
-            frames, state, kept = train.carried_window_frames(model, x[c:c + 3], state, kept)
+        for c in range(0, len(x), chunk):
+            frames, carry = model.stream_frames(x[c:c + chunk], carry)
             got.append(frames)
-    got = torch.cat(got)[:, 0, 0].clamp(0, 1)
-    assert got.shape == want.shape == (num_out, H, W)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    return torch.cat(got)[:, 0, 0]
+
+
+def test_stream_frames_do_not_depend_on_the_steps_per_call_or_the_stride(tmp_path):
+    """The frames the loss sees (train.py: chunks of steps, the carry passed on) are the frames
+    reconstruct.py writes for the same stream, however many steps a call takes; a stride of two
+    steps writes every other frame of a one-step stride; frame 0, from rest, is forward()."""
+    spk, stream = moving_stream(tmp_path)
+    model = calibrated_temporal_snn(spk)
+    num_out = (1000 - 200) // 50 + 1
+    want = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, num_out, 50, None, 1, "cpu")))
+    for chunk in (3, 8):
+        got = chunked_frames(model, spk, chunk).clamp(0, 1)
+        assert got.shape == want.shape == (num_out, H, W)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    strided = torch.stack(list(reconstruct.stateful_frames(model, stream, 0, (num_out + 1) // 2, 100, None, 3, "cpu")))
+    torch.testing.assert_close(strided, want[::2], atol=1e-5, rtol=0)
     assert (want[1:] - want[:-1]).abs().mean() > 1e-3                  # the scene moves: frames differ
     with torch.no_grad():                                              # frame 0, from rest: forward()
         first = model(torch.from_numpy(spk[None, :200]).float())[0, 0].clamp(0, 1)
     torch.testing.assert_close(want[0], first, atol=1e-5, rtol=0)
+
+
+def gated(model, logit, motion_gain):
+    """The same network with an image gate of constant logit and the given motion gain."""
+    out = SpikingLRN(time_steps=model.time_steps, encoding="temporal", channels=CHANNELS, linear_skip=True,
+                     image_gate=True)
+    out.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        out.gate.bias.fill_(logit)
+        out.motion_gain.fill_(np.log(motion_gain))
+    assert out.config()["image_gate"] and "image gate" in reconstruct.model_name(out.config())
+    return out.eval()
+
+
+def test_image_gate_blends_each_window_into_the_carried_frame(tmp_path):
+    spk, stream = moving_stream(tmp_path)
+    model = calibrated_temporal_snn(spk)
+    plain = chunked_frames(model, spk, 4)
+    # keeping ~nothing: the plain frames; keeping everything of a still scene: frame 0 forever
+    torch.testing.assert_close(chunked_frames(gated(model, -30.0, 1e-6), spk, 4), plain, atol=1e-5, rtol=0)
+    frozen = chunked_frames(gated(model, 30.0, 1e-6), spk, 4)
+    torch.testing.assert_close(frozen, plain[:1].expand_as(frozen), atol=1e-5, rtol=0)
+    # half and half, with no motion term: frame j = (frame j-1 + window j's image) / 2
+    half = chunked_frames(gated(model, 0.0, 1e-6), spk, 3)
+    torch.testing.assert_close(half[1:], (half[:-1] + plain[1:]) / 2, atol=1e-5, rtol=0)
+    # a large motion gain: where the new window's image differs, the carried frame is dropped
+    moving = chunked_frames(gated(model, 3.0, 1e4), spk, 3)
+    assert (moving - plain).abs().mean() < 0.2 * (chunked_frames(gated(model, 3.0, 1e-6), spk, 3) - plain).abs().mean()
+    # the gated stream is reconstruct.py's too, at any steps per call, and frame 0 is forward()
+    g = gated(model, 0.5, 5.0)
+    want = torch.stack(list(reconstruct.stateful_frames(g, stream, 0, 17, 50, None, 2, "cpu")))
+    torch.testing.assert_close(chunked_frames(g, spk, 5).clamp(0, 1), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(want[0], plain[0].clamp(0, 1), atol=1e-5, rtol=0)
 
 
 def test_recordings_ask_for_the_clean_frame_at_each_windows_centre(photos, monkeypatch):
@@ -84,9 +129,12 @@ def test_recordings_ask_for_the_clean_frame_at_each_windows_centre(photos, monke
     assert item["gt"].shape == (5, 1, 16, 16) and 0 <= item["gt"].min() and item["gt"].max() <= 1
 
 
-def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, photos, monkeypatch, capsys):
+def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["--data_root", str(tiny_data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
+    data = tmp_path / "data"      # validation (and test) files of the first photos, as train_weights.sh makes
+    assert gsd.main(["--dataset", "cifar", "--source_dir", str(photos), "--num_train", "1", "--num_test", "1",
+                     "--frame_size", "32", "--data_root", str(data), "--workers", "1", "--light", "normal"]) == 0
+    args = ["--data_root", str(data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
             *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
             "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
             "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--flicker_weight", "0.5"]
@@ -132,6 +180,25 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, tiny_data, 
     assert train.main(other) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "another architecture" in err[0]
+
+    # --image_gate on top of it: the gate is new and learns, the rest starts as this network
+    gate = [*init, "--image_gate"]
+    gate[gate.index("st2")] = "st4"
+    assert train.main(gate) == 0
+    assert "the image gate is new" in capsys.readouterr().out
+    gated = torch.load(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth", weights_only=True)
+    assert gated["model_config"]["image_gate"] and gated["model"]["gate.weight"].abs().sum() > 0
+    assert torch.equal(gated["model"]["skip.weight"], ckpt["model"]["skip.weight"])
+    assert reconstruct.main(["--checkpoint", str(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth"),
+                             "--input", str(tmp_path / "s.dat"), "--output", str(tmp_path / "g.npy"),
+                             "--height", "16", "--width", "24", "--stride", "100"]) == 0
+    assert "image gate" in capsys.readouterr().out and np.load(tmp_path / "g.npy").shape == (3, 16, 24)
+    # a gated network does not start a run without the gate
+    back = [*init, "--init", str(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth")]
+    back[back.index("st2")] = "st5"
+    assert train.main(back) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another architecture" in err[0]
 
 
 @pytest.mark.parametrize("flag", [["--encoding", "direct"], ["--recon_target", "tfi"], ["--epochs_fine", "1"],
