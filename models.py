@@ -56,8 +56,8 @@ ORIGINAL_NAME = "the original SpikeCLIP LRN"
 # image gate (carry_image) at the start of training: keep sigmoid(1) = 73 % of the carried frame
 # where nothing changes (a still scene's noise averaged over ~6 windows), and a change of 0.05
 # (a moving edge) lowers the logit by 1; starting at 12 % (-2), the logit moved by 0.1 in 8 epochs
-GATE_INIT_LOGIT = 1.0
-GATE_INIT_MOTION_GAIN = 20.0
+GATE_INIT_LOGIT = 2.0
+GATE_INIT_MOTION_GAIN = 100.0
 
 
 # Surrogate derivatives, as functions of x = mem - theta (the same as snntorch.surrogate)
@@ -155,7 +155,10 @@ def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None, spik
     dtype, S = T, or 1 for a current that is the same at every step (direct encoding's first
     layer) -> (spikes [T, B, C, H, W] in spike_dtype, by default the current's, last membranes).
     The membrane is fp32 (in bf16 it would round away the small currents it integrates); the
-    order of operations is _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly)."""
+    order of operations is _LIFSequence's (from rest, beta * 0 + I - theta * 0 is I exactly).
+    A carried `mem` is updated in place and returned: a new fp32 buffer per layer and step (51 MB
+    for 128 channels at 250x400) is, for glibc, a fresh mmap whose pages fault in on every call."""
+    carried = mem
     if mem is None:
         mem = spk = torch.zeros_like(current[0], dtype=torch.float32)
     spk, spikes = spk.float(), []
@@ -164,6 +167,8 @@ def lif_inference(current, time_steps, beta, threshold, mem=None, spk=None, spik
         mem = beta * mem + step_current - threshold * spk
         spk = (mem > threshold).float()
         spikes.append(spk.to(spike_dtype or current.dtype))
+    if carried is not None:
+        mem = carried.copy_(mem)
     # cat, not stack: compiled, cat writes each step's spikes straight into one channels_last
     # buffer (stack of uint8 spikes fell back to a slow copy: 4x the time of the whole layer)
     return torch.cat(spikes).view(time_steps, *current.shape[1:]), mem
@@ -186,7 +191,7 @@ def _fused(fn, *args):
     if args[0].device.type != "cpu" or _compiled.get(fn) is False:
         return fn(*args)
     if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn)
+        _compiled[fn] = torch.compile(fn, dynamic=False)
     try:
         return _compiled[fn](*args)
     except torch._dynamo.exc.BackendCompilerFailed as e:
@@ -314,10 +319,12 @@ class SpikingLRN(nn.Module):
         return x.view(b, self.time_steps, self.in_bins, h, w).transpose(0, 1)
 
     def forward(self, x, return_rates=False):
-        """x: voxel [B, C, H, W] -> image [B, 1, H, W] (and per-layer firing rates [L])."""
+        """x: voxel [B, C, H, W] (counts: float, or uint8 as reconstruct.py reads them) -> image
+        [B, 1, H, W] (and per-layer firing rates [L])."""
         if self.folded is not None and not self.training:     # the skip rides on the first conv
             image, rates = self._forward_folded(x, return_rates)
             return (image, rates) if return_rates else image
+        x = x if x.is_floating_point() else x.float()
         if self.backend == "snntorch":
             image, rates = self._forward_snntorch(x)
         else:
@@ -454,8 +461,8 @@ class SpikingLRN(nn.Module):
         """Zero membranes and no previous spikes for every LIF layer."""
         # channels_last, the layout of the inference convs' currents: the fused LIF kernel then
         # reads membranes and currents in one order (mixed layouts made it 2x slower)
-        return [(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype)
-                 .to(memory_format=torch.channels_last),) * 2 for c in self.convs]
+        return [tuple(torch.zeros(batch, c.out_channels, height, width, device=device, dtype=dtype)
+                      .to(memory_format=torch.channels_last) for _ in range(2)) for c in self.convs]
 
     def steps(self, x_steps, state):
         """K time steps in a row from a carried state: x_steps [K, B, 50, H, W] -> (readouts
@@ -470,7 +477,7 @@ class SpikingLRN(nn.Module):
         the LIF recurrence walks the K steps from the carried membranes.
         """
         k, b = x_steps.shape[:2]
-        h, new_state = x_steps.flatten(0, 1), []
+        h, new_state = x_steps.flatten(0, 1), []     # counts, float or uint8
         if self.folded is not None and not self.training:    # after prepare_for_inference
             for l, ((mem, spk), conv) in enumerate(zip(state, self.folded)):
                 cur = conv(h)
@@ -483,14 +490,18 @@ class SpikingLRN(nn.Module):
                 h = spikes.flatten(0, 1)
             h = h.float()
         else:
-            parts = self.skip_steps(x_steps)
+            h, parts = (h if h.is_floating_point() else h.float()), self.skip_steps(x_steps)
             for l, (mem, spk) in enumerate(state):
                 cur = self._conv_bn(l, h, k)
                 spikes, mem = lif_steps(cur.view(k, b, *cur.shape[1:]), mem, spk, self.beta, self.threshold,
                                         self.surrogate_name)
                 new_state.append((mem, spikes[-1]))
                 h = spikes.flatten(0, 1)
-        out = self.readout(h) if self.gate is None else torch.cat([self.readout(h), self.gate(h)], 1)
+        if self.gate is None:
+            out = self.readout(h)
+        else:       # one conv of two output channels: the readout, the gate's logit
+            out = F.conv2d(h, torch.cat([self.readout.weight, self.gate.weight]),
+                           torch.cat([self.readout.bias, self.gate.bias]), padding=1)
         return out.view(k, b, *out.shape[1:]), parts, new_state
 
     def skip_steps(self, x_steps):
@@ -630,7 +641,7 @@ class PlainLRN(nn.Module):
             hidden = self.net[:-1](x.to(self.hidden_dtype, memory_format=torch.channels_last))
             image = self.net[-1](hidden.float())
         else:
-            image = self.net(x)
+            image = self.net(x if x.is_floating_point() else x.float())
         return (image, torch.zeros(0, device=x.device)) if return_rates else image
 
 

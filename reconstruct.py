@@ -204,7 +204,7 @@ def sliding_frames(model, stream, first, num_out, stride, batch, device):
     """Every window on its own, `batch` windows per call."""
     starts = [first + j * stride for j in range(num_out)]
     for i in range(0, num_out, batch):
-        voxel = voxelize(read_windows(stream, starts[i:i + batch], device), model.input_channels, dim=1)
+        voxel = voxelize(read_windows(stream, starts[i:i + batch], device), model.input_channels, torch.uint8, 1)
         with torch.inference_mode():
             images = to_image(model(voxel).float())
         yield from images[:, 0]
@@ -235,7 +235,7 @@ def carried_frames(model, stream, first, num_out, stride, batch, device):
     for s in range(0, num_steps, batch):
         k = min(batch, num_steps - s)
         frames = stream.read(first + s * step_frames, first + (s + k) * step_frames, device)
-        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, dim=1)[:, None]  # [k, 1, bins, H, W]
+        voxel = voxelize(frames.reshape(k, step_frames, h, w), model.in_bins, torch.uint8, 1)[:, None]  # [k, 1, bins, H, W]
         with torch.inference_mode():
             images, carry = model.stream_frames(voxel, carry)                 # [m, 1, 1, H, W]
         for image in images:
