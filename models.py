@@ -191,7 +191,7 @@ def _fused(fn, *args):
     if args[0].device.type != "cpu" or _compiled.get(fn) is False:
         return fn(*args)
     if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=False)
+        _compiled[fn] = torch.compile(fn)
     try:
         return _compiled[fn](*args)
     except torch._dynamo.exc.BackendCompilerFailed as e:
@@ -720,8 +720,8 @@ def prepare_for_inference(model, precision):
         model.folded_skip = model.skip is not None
         if model.folded_skip:
             # the skip sees the first conv's input (temporal: P = T parts, the weights of each
-            # step position; skip_steps), so it runs as P more output channels of that conv: a
-            # separate fp32 conv with a few output channels cost 5x the whole first conv here.
+            # step position; skip_steps), so it runs as P more output channels of that conv: as a
+            # separate fp32 conv of a few output channels it took longer than the whole first conv.
             # bf16 weights and output: REDS PSNR -0.011 to +0.004 dB from fp32 (bench/cpu_inference.py)
             p = 1 if model.encoding == "direct" else model.time_steps
             w0, b0 = folded[0]

@@ -9,7 +9,8 @@ Recordings: --recordings of --windows consecutive windows (stride one time step,
 --crop² pixels, simulated as train.py --stateful simulates them (layered, video-like motion,
 normal light) but only from the photos of the --data_root test split's files and with the test
 files' sensor, neither of which any training run sees. Half of them with a still camera (only
-the cut-outs move), half with a moving one; seeds fixed, so every run scores the same streams.
+the cut-outs move), half with a moving one; recording i is seeded by (--seed, i), so a run with the
+same --seed scores the same streams, and another --seed draws fresh ones of the same photos.
 Per recording kind: mean PSNR and SSIM over all output frames (each against the clean frame at
 its window's centre), and flicker, the mean |frame_j+1 - frame_j| against the clean frames' own
 mean change. TFP: the 41 frames around each window's centre / rate; TFI / rate.
@@ -55,9 +56,9 @@ def recordings(args):
     out = []
     for i in range(args.recordings):
         still = i % 2 == 0
-        spk, gt, _ = streams.capture(np.random.default_rng([2026, i]), frames, centres, still)
+        spk, gt, _ = streams.capture(np.random.default_rng([args.seed, i]), frames, centres, still)
         out.append((still, spk, gt.astype(np.float32) / 255.0))
-    print(f"{len(out)} recordings of {frames} frames ({args.windows} windows), {args.crop}x{args.crop}, from "
+    print(f"{len(out)} recordings (seed {args.seed}) of {frames} frames ({args.windows} windows), {args.crop}x{args.crop}, from "
           f"{len(streams.images)} test photos of {args.source} (test sensor)")
     return out
 
@@ -101,6 +102,7 @@ def main(argv=None):
     p.add_argument("--recordings", type=positive_int, default=24)
     p.add_argument("--windows", type=positive_int, default=24, help="output frames per recording")
     p.add_argument("--crop", type=positive_int, default=64)
+    p.add_argument("--seed", type=int, default=2026, help="draws the recordings (scenes, motion, noise)")
     args = p.parse_args(argv)
     try:
         models = {}

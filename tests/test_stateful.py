@@ -218,7 +218,13 @@ def test_stateful_needs_a_temporal_snn_on_simulated_recordings(tmp_path, photos,
     assert "--stateful 4" in err and "needs" in err
 
 
-def test_flicker_weight_needs_stateful(capsys):
+@pytest.mark.parametrize("flag", [["--flicker_weight", "1"], ["--image_gate"]])
+def test_stream_only_options_need_stateful(flag, capsys):
     with pytest.raises(SystemExit) as e:
-        train.get_args(["--flicker_weight", "1", "--epochs_coarse", "1", "--epochs_prompt", "0", "--epochs_fine", "0"])
-    assert e.value.code == 2 and "--flicker_weight" in capsys.readouterr().err.strip().splitlines()[-1]
+        train.get_args([*flag, "--epochs_coarse", "1", "--epochs_prompt", "0", "--epochs_fine", "0"])
+    assert e.value.code == 2 and flag[0] in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_image_gate_is_for_temporal_encoding():
+    with pytest.raises(ValueError, match="temporal"):
+        SpikingLRN(image_gate=True)
