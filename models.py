@@ -661,9 +661,10 @@ def build_model(config, backend="fast"):
 # ----------------------------------------------------------------------------------------------
 # Inference precision: "fp32" is the exact path (the numbers training validated); "bf16" folds
 # each BatchNorm into its conv and runs the convs in bfloat16, channels_last, with fp32
-# membranes and an fp32 readout and skip; "int8" also runs the convs that take spikes in int8.
-# On a 2-core AVX512-BF16/VNNI CPU: 3.1-3.4x (bf16) and 4.6-5.0x (int8) the output frames/s of
-# fp32, within +0.003 dB PSNR on the REDS pairs (bench/cpu_inference.py, BENCHMARKS.md).
+# membranes and an fp32 readout, the linear skip as bf16 channels of the first conv; "int8" also
+# runs the convs that take spikes in int8. On a 2-core AVX512-BF16/VNNI CPU (normal.pth):
+# 3.6-3.9x (bf16) and 6.0-6.4x (int8) the output frames/s of fp32, within 0.01 dB PSNR on the
+# REDS pairs for both shipped daylight models (bench/cpu_inference.py, BENCHMARKS.md).
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
