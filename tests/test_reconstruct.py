@@ -38,11 +38,15 @@ def save_checkpoint(model, path):
     return str(path)
 
 
-def temporal_snn(spk, seed=0):
+def temporal_snn(spk, seed=0, image_gate=False):
     """A T=4 temporal-encoding SNN whose BN statistics come from the stream (a fresh BN is about
-    the identity and its deep layers would barely spike)."""
+    the identity and its deep layers would barely spike); with an image gate that keeps about half
+    of the carried frame."""
     torch.manual_seed(seed)
-    model = SpikingLRN(time_steps=4, encoding="temporal", channels=CHANNELS)
+    model = SpikingLRN(time_steps=4, encoding="temporal", channels=CHANNELS, image_gate=image_gate)
+    if image_gate:
+        torch.nn.init.normal_(model.gate.weight, std=0.1)
+        torch.nn.init.zeros_(model.gate.bias)
     windows = torch.from_numpy(np.stack([spk[i:i + 200] for i in range(0, 1000, 200)]))
     for bn in model.bns:
         bn.momentum = 1.0
@@ -60,6 +64,7 @@ def stream(tmp_path_factory):
     torch.manual_seed(0)
     return {"spk": spk, "dat": str(dat), "folder": folder,
             "snn": save_checkpoint(temporal_snn(spk), folder / "snn.pth"),
+            "gated": save_checkpoint(temporal_snn(spk, image_gate=True), folder / "gated.pth"),
             "ann": save_checkpoint(PlainLRN(channels=CHANNELS), folder / "ann.pth")}
 
 
@@ -161,14 +166,16 @@ def test_stateful_stream_equals_step_by_hand(stream, tmp_path):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_frames_after_a_reset_equal_a_fresh_run_from_there(stream, tmp_path, batch):
+@pytest.mark.parametrize("net", ["snn", "gated"])
+def test_frames_after_a_reset_equal_a_fresh_run_from_there(stream, tmp_path, batch, net):
     """--reset_every 5 at stride 50 (windows overlap by 3 of their 4 steps): output frames 5-9 and
-    10-14 are those of a run started at their first window, nothing of the steps before leaks in."""
-    assert run(stream["snn"], stream["dat"], tmp_path / "r.npy", "--end", 1600, "--reset_every", 5,
+    10-14 are those of a run started at their first window, nothing of the steps before (membranes,
+    kept readouts, with an image gate the carried image) leaks in."""
+    assert run(stream[net], stream["dat"], tmp_path / "r.npy", "--end", 1600, "--reset_every", 5,
                "--batch", batch) == 0
     reset = np.load(tmp_path / "r.npy")
     for j in (5, 10):
-        assert run(stream["snn"], stream["dat"], tmp_path / f"f{j}.npy", "--start", j * 50, "--end", 1600,
+        assert run(stream[net], stream["dat"], tmp_path / f"f{j}.npy", "--start", j * 50, "--end", 1600,
                    "--batch", batch) == 0
         fresh = np.load(tmp_path / f"f{j}.npy")
         np.testing.assert_allclose(reset[j:j + 5], fresh[:5], atol=1e-6)

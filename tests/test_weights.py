@@ -36,9 +36,9 @@ def test_shipped_checkpoint_beats_tfp_on_a_fresh_capture(light):
 
 def test_shipped_stream_checkpoint_streams_at_the_brightness_of_its_first_frame(tmp_path):
     """weights/stream.pth runs stateful: on a still scene, the frames with the state carried keep
-    the brightness of the first frame from rest (within 2%); on a scene moving 30 px per window it
-    beats TFP and TFI clearly, and on the still one it stays within 1 dB of a 41-frame TFP (its
-    filter weights the frames near the window's centre: sharp under motion, noisier when still)."""
+    the brightness of the first frame from rest (within 2%) and, its image gate averaging over
+    windows, beat a 41-frame TFP and the same network's window from rest by more than 1 dB; on a
+    scene moving 30 px per window it beats TFP and TFI clearly."""
     import dataclasses
     import reconstruct
     from dataset import write_dat
@@ -62,9 +62,11 @@ def test_shipped_stream_checkpoint_streams_at_the_brightness_of_its_first_frame(
             assert float((brightness[1:] / brightness[0] - 1).abs().max()) < 0.02
         gt = torch.from_numpy(gt.astype(np.float32) / 255)[None, None]
         window = spk[-200:]                                    # the last frame's window
-        psnrs[motion] = {"net": float(psnr(frames[-1][None, None], gt)[0]),
+        with torch.inference_mode():
+            alone = model(torch.from_numpy(window[None]).float()).clamp(0, 1)
+        psnrs[motion] = {"net": float(psnr(frames[-1][None, None], gt)[0]), "window": float(psnr(alone, gt)[0]),
                          "tfp": float(psnr(torch.from_numpy(tfp(window, 41, cfg.rate)).clamp(0, 1)[None, None], gt)[0]),
                          "tfi": float(psnr(torch.from_numpy(tfi(window, rate=cfg.rate)).clamp(0, 1)[None, None], gt)[0])}
     moving, still = psnrs[30.0], psnrs[0.0]
     assert moving["net"] > max(moving["tfp"], moving["tfi"]) + 2.0, psnrs
-    assert still["net"] > still["tfp"] - 1.0 and still["net"] > still["tfi"], psnrs
+    assert still["net"] > max(still["tfp"], still["window"], still["tfi"]) + 1.0, psnrs

@@ -12,10 +12,10 @@
 # 2. training on streams simulated on the fly from every other image of the folder (a new
 #    capture per item: random window, motion, brightness, noise, flip, rotation), supervised by
 #    the clean frame; CLIP is not used (no pretrained weights offline: its terms are off);
-#    stream: then `--stateful 16 --init` from step 2's network, each item one recording of 16
-#    consecutive windows, membranes carried;
+#    stream: then `--stateful 16 --image_gate --flicker_weight 1.5 --init` from step 2's network,
+#    each item one recording of 16 consecutive windows, membranes and output image carried;
 # 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
-# Sizes for a 2-core CPU (normal: ~27 min, low: ~35 min, stream: ~60 min + ~20 min, each beside
+# Sizes for a 2-core CPU (normal: ~27 min, low: ~35 min, stream: ~60 min + ~35 min, each beside
 # other jobs); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +52,8 @@ if [ "$NAME" = stream ]; then
   $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" \
       --light "$LIGHT" --num_train 1 --num_test 1 --frame_size 64 --data_root "$DATA-recordings"
   $PY train.py "${COMMON[@]}" --data_root "$DATA-recordings" --exp_name "$EXP-stateful" "${NETWORK[@]}" \
-      --stateful 16 --init "$BEST" --crop_size 40 --batch_size 4 --epoch_size 120 \
-      --epochs_coarse "${STATEFUL_EPOCHS:-8}" $(resume "$EXP-stateful")
+      --stateful 16 --image_gate --flicker_weight 1.5 --init "$BEST" --crop_size 40 --batch_size 4 \
+      --epoch_size 120 --epochs_coarse "${STATEFUL_EPOCHS:-24}" $(resume "$EXP-stateful")
   BEST=exp/$EXP-stateful/ckpts/checkpoint_best.pth
 fi
 $PY -c "import models, sys; models.export_checkpoint(sys.argv[1], sys.argv[2])" "$BEST" "weights/$NAME.pth"
