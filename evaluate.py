@@ -38,6 +38,7 @@ ORIGINAL_SCORING = (f"{ORIGINAL_NAME}: CLIP and NIQE/BRISQUE/PIQE score its raw 
 # fitted linear filter of the spikes, so that its gain is not mistaken for the spiking network's.
 LINEAR = "linear"
 LINEAR_LABEL = "linear filter (the checkpoint's fixed skip alone)"
+STATEFUL = "stateful"      # a temporal SNN as reconstruct.py runs it on a stream (score --dat)
 
 
 def experiment_name(checkpoint_path):
@@ -125,7 +126,7 @@ def evaluate(args):
     device = pick_device(args.device)
     prepare_for_inference(model.to(device), inference_precision(args.dtype, args.backend, device))
     config = ckpt["model_config"]
-    if (args.data_type or ckpt["data_type"]) is None and not args.dat:
+    if (args.data_type or ckpt.get("data_type")) is None and not args.dat:
         raise InputError(f"{args.checkpoint}: the checkpoint names no data type ({model_name(config)} files "
                          f"carry none): pass --dataset")
     if args.dat:
@@ -241,7 +242,7 @@ def has_linear_path(model):
 
 def load_stream_pair(dat, gt_path, height, width):
     """A raw Vidar stream and the ground-truth image of its centre frame -> (the centre window,
-    spikes [UHSR_FRAMES, H, W]; frames in the stream; gt [1, 1, H, W] in [0, 1], or None
+    spikes [UHSR_FRAMES, H, W]; the whole stream [N, H, W]; gt [1, 1, H, W] in [0, 1], or None
     without gt_path)."""
     from PIL import Image
     stream = read_dat(dat, height, width)
@@ -255,7 +256,44 @@ def load_stream_pair(dat, gt_path, height, width):
             raise InputError(f"{gt_path}: cannot read the gt image ({e})") from e
         if gt.shape[-2:] != spk.shape[-2:]:
             raise SpikeDataError(f"{gt_path}: gt is {tuple(gt.shape[-2:])}, the stream {spk.shape[-2:]}")
-    return spk, len(stream), gt
+    return spk, stream, gt
+
+
+def runs_stateful(model):
+    """reconstruct.py runs this network on a stream one time step per output frame, its state
+    carried (a temporal-encoding SNN)."""
+    return getattr(model, "encoding", None) == "temporal"
+
+
+@torch.inference_mode()
+def stateful_centre_image(model, frames, device="cpu"):
+    """A temporal SNN run as reconstruct.py streams it, on a whole stream frames [N, H, W]: from
+    the first frame on the step grid of the centre window (stride one time step), the state (and
+    an image gate's carried image) passed on, up to the centre window -> (its output frame
+    [1, 1, H, W] in [0, 1], how many windows came before it)."""
+    step = UHSR_FRAMES // model.time_steps
+    centre = (len(frames) - UHSR_FRAMES) // 2          # the window load_stream_pair scores
+    first = centre % step
+    h, w = frames.shape[1:]
+    x = torch.from_numpy(np.ascontiguousarray(frames[first:centre + UHSR_FRAMES])).to(device)
+    x = voxelize(x.reshape(-1, step, h, w), model.in_bins, torch.uint8, 1)[:, None]   # [steps, 1, bins, H, W]
+    carry, last, windows = model.init_stream(1, h, w, device), None, 0
+    for c in range(0, len(x), model.time_steps):     # a few steps per call: bounded memory
+        images, carry = model.stream_frames(x[c:c + model.time_steps], carry)
+        if len(images):
+            last, windows = images[-1], windows + len(images)
+    return to_image(last.float()).cpu(), windows - 1
+
+
+def score_image(image, gt, iqa=None, raw=False):
+    """{metric: value} of one image [1, 1, H, W]: no-reference scores with `iqa` (of the raw
+    output when raw), PSNR/SSIM of the clamped image against gt where there is one."""
+    scores = {}
+    if iqa is not None:
+        scores.update({k: float(v[0]) for k, v in iqa(image, clamp=not raw).items()})
+    if gt is not None:
+        scores.update(psnr=float(psnr(image.clamp(0, 1), gt)[0]), ssim=float(ssim(image.clamp(0, 1), gt)[0]))
+    return scores
 
 
 @torch.inference_mode()
@@ -274,37 +312,36 @@ def score_stream(spk, gt, model=None, config=None, rate=None, tfp_window=None, d
         images, rates = {m: img.cpu() for m, img in images.items()}, rates.cpu()
     images["tfp"] = torch.from_numpy(tfp(spk, tfp_window, rate)).clamp(0, 1)[None, None]
     images["tfi"] = torch.from_numpy(tfi(spk, rate=rate)).clamp(0, 1)[None, None]
-    summary = {}
-    for m, img in images.items():
-        scores = {}
-        if iqa is not None:
-            raw = model is not None and is_original(config) and m == config["arch"]
-            scores.update({k: float(v[0]) for k, v in iqa(img, clamp=not raw).items()})
-        if gt is not None:
-            scores.update(psnr=float(psnr(img.clamp(0, 1), gt)[0]), ssim=float(ssim(img.clamp(0, 1), gt)[0]))
-        summary[m] = scores
+    summary = {m: score_image(img, gt, iqa, raw=model is not None and is_original(config) and m == config["arch"])
+               for m, img in images.items()}
     return summary, rates
 
 
 def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     """Score one raw stream (full frame, centre window) against its gt: network, its linear
     path (if any), TFP, TFI."""
-    spk, stream_frames, gt = load_stream_pair(args.dat, args.gt, args.height, args.width)
+    spk, frames, gt = load_stream_pair(args.dat, args.gt, args.height, args.width)
     tfp_window = min(args.tfp_window or UHSR_FRAMES, UHSR_FRAMES)   # the window TFP really averages
     config = ckpt["model_config"]
     iqa_names, iqa_skipped = no_reference_names(*spk.shape[1:])
     iqa = NoReferenceIQA("cpu", names=iqa_names)
     summary, rates = score_stream(spk, gt, model, config, args.rate, tfp_window, device, iqa)
+    label = {config["arch"]: f"{model_name(config)}{', window from rest' if runs_stateful(model) else ''}",
+             LINEAR: LINEAR_LABEL}
+    if runs_stateful(model):     # also as reconstruct.py runs it, from the stream's first frame
+        image, carried = stateful_centre_image(model, frames, device)
+        summary = {config["arch"]: summary.pop(config["arch"]), STATEFUL: score_image(image, gt, iqa), **summary}
+        label[STATEFUL] = (f"{model_name(config)}, stateful as reconstruct.py runs it "
+                           f"({carried} window{'s' * (carried != 1)} before this one)")
     iqa_variant = "; ".join(list(iqa.describe().values()) + ([iqa_skipped] if iqa_skipped else []))
     keys = list(next(iter(summary.values())))
     name = os.path.basename(args.dat)
     cut = f" (--tfp_window {args.tfp_window} cut to the window)" if args.tfp_window and args.tfp_window > tfp_window else ""
-    lines = [f"# {name}: centre {UHSR_FRAMES} of {stream_frames} frames, {spk.shape[1]}x{spk.shape[2]}, "
+    lines = [f"# {name}: centre {UHSR_FRAMES} of {len(frames)} frames, {spk.shape[1]}x{spk.shape[2]}, "
              f"TFP window {tfp_window}{cut}",
              f"checkpoint: {args.checkpoint} ({model_name(config)})", f"IQA: {iqa_variant}",
              f"baselines: {baseline_convention(args.rate, '--rate')}", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    label = {config["arch"]: model_name(config), LINEAR: LINEAR_LABEL}
     lines += [f"| {label.get(m, m.upper())} | " + " | ".join(f"{v[k]:.4f}" for k in keys) + " |"
               for m, v in summary.items()]
     table = "\n".join(lines) + "\n"

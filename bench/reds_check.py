@@ -3,9 +3,9 @@ Spike-Zoo toolbox), next to TFP and TFI on the same streams: PSNR/SSIM, full fra
 200 frames (the networks' window), Spike-Zoo's convention TFP over 41 frames / rate 0.6.
 For a network with a linear skip it also scores that fitted linear filter alone (the spiking
 readout switched off), which shows what the spiking layers add. The scoring is evaluate.py --dat's
-(evaluate.score_stream). A temporal-encoding SNN is also scored as reconstruct.py streams it:
-stateful from the stream's first frame (stride one time step), the output frame whose window is
-the centre one (its membranes carried from the steps before).
+(evaluate.score_stream). A temporal-encoding SNN is also scored as reconstruct.py streams it
+(evaluate.stateful_centre_image): stateful from the stream's first frame (stride one time
+step), the output frame whose window is the centre one (its state carried from the steps before).
 
     python bench/reds_check.py --pairs ../shared/datasets/reds-base-sample \
         --checkpoint weights/normal.pth exp/run/ckpts/checkpoint_best.pth
@@ -16,42 +16,28 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import reconstruct                                                   # noqa: E402
 from dataset import UHSR_FRAMES                                      # noqa: E402
-from evaluate import LINEAR, LINEAR_LABEL, load_stream_pair, score_stream   # noqa: E402
+from evaluate import (LINEAR, LINEAR_LABEL, load_stream_pair, runs_stateful, score_stream,  # noqa: E402
+                      stateful_centre_image)
 from metrics import psnr, ssim                                       # noqa: E402
 from models import load_checkpoint, model_from_checkpoint            # noqa: E402
 from utils import InputError, positive_float, positive_int, report_input_error   # noqa: E402
 
 
 def load_pairs(folder, height, width):
-    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1], the .dat as a
-    reconstruct.py stream)] of every .dat with a .png."""
+    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1], the whole stream
+    [N, H, W])] of every .dat with a .png."""
     pairs = []
     for dat in sorted(glob.glob(os.path.join(folder, "*.dat"))):
         png = os.path.splitext(dat)[0] + ".png"
         if os.path.exists(png):
-            spk, _, gt = load_stream_pair(dat, png, height, width)
-            pairs.append((os.path.basename(dat), spk, gt, reconstruct.open_stream(dat, height, width)))
+            spk, frames, gt = load_stream_pair(dat, png, height, width)
+            pairs.append((os.path.basename(dat), spk, gt, frames))
     if not pairs:
         raise InputError(f"--pairs {folder}: no .dat with a matching .png")
     return pairs
-
-
-@torch.inference_mode()
-def stateful_centre_image(model, stream):
-    """reconstruct.py's stateful run from the stream's first frame that puts a window on the
-    centre one (stride one time step) -> the image of that centre window [1, 1, H, W], and how
-    many windows were carried before it."""
-    step = UHSR_FRAMES // model.time_steps
-    centre = (stream.num_frames - UHSR_FRAMES) // 2          # the window load_stream_pair scores
-    first = centre % step
-    frames = list(reconstruct.stateful_frames(model, stream, first, (centre - first) // step + 1, step, None, 1,
-                                              "cpu"))
-    return frames[-1][None, None], len(frames) - 1
 
 
 def main(argv=None):
@@ -73,7 +59,7 @@ def main(argv=None):
         return report_input_error(e)
     baselines = {"tfp": f"TFP ({args.tfp_window} frames / {args.rate})", "tfi": f"TFI (/ {args.rate})"}
     rows = {}   # label -> [(PSNR, SSIM) per pair]
-    for _, spk, gt, stream in pairs:
+    for _, spk, gt, frames in pairs:
         scored = [score_stream(spk, gt, model, config, args.rate, args.tfp_window)[0]
                   for model, config in models.values()] or [score_stream(spk, gt, None, None, args.rate, args.tfp_window)[0]]
         labels = [(baselines[m], scored[0][m]) for m in baselines]
@@ -82,8 +68,8 @@ def main(argv=None):
             if LINEAR in scores:
                 labels.append((f"{path}: {LINEAR_LABEL}", scores[LINEAR]))
         for path, (model, _) in models.items():
-            if reconstruct.is_stateful(model, sliding=False):
-                image, carried = stateful_centre_image(model, stream)
+            if runs_stateful(model):
+                image, carried = stateful_centre_image(model, frames)
                 labels.append((f"{path}: stateful, {carried} window{'s' * (carried != 1)} carried",
                                {"psnr": float(psnr(image, gt)[0]), "ssim": float(ssim(image, gt)[0])}))
         for label, s in labels:

@@ -228,3 +228,30 @@ def test_stream_only_options_need_stateful(flag, capsys):
 def test_image_gate_is_for_temporal_encoding():
     with pytest.raises(ValueError, match="temporal"):
         SpikingLRN(image_gate=True)
+
+
+def test_evaluate_scores_a_stream_model_as_reconstruct_runs_it(tmp_path, capsys):
+    """evaluate.py --dat on a temporal SNN also scores the stateful frame of the centre window, the
+    frame reconstruct.py writes there (a gated network: the carried image counts)."""
+    import json
+
+    import evaluate
+    from PIL import Image
+    spk, stream = moving_stream(tmp_path, frames=600)              # centre window [200, 400): 4 steps after 0
+    model = gated(calibrated_temporal_snn(spk), 0.5, 5.0)
+    ckpt = tmp_path / "g.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model_config": model.config(),
+                "model": model.state_dict()}, ckpt)
+    Image.fromarray(np.full((H, W), 100, np.uint8)).save(tmp_path / "gt.png")
+    results = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--dat", str(tmp_path / "s.dat"), "--gt", str(tmp_path / "gt.png"),
+                          "--height", str(H), "--width", str(W), "--rate", "0.6", "--dtype", "fp32",
+                          "--exp_root", str(tmp_path / "exp"), "--results_file", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "window from rest" in out and "stateful as reconstruct.py runs it (4 windows before this one)" in out
+    metrics = json.loads(results.read_text())["runs"][0]["metrics"]
+    frames = list(reconstruct.stateful_frames(model, stream, 0, 5, 50, None, 1, "cpu"))
+    gt = torch.full((1, 1, H, W), 100 / 255)
+    from metrics import psnr
+    assert metrics["stateful"]["psnr"] == pytest.approx(float(psnr(frames[-1][None, None], gt)[0]), abs=1e-4)
+    assert metrics["stateful"]["psnr"] != pytest.approx(metrics["snn"]["psnr"], abs=1e-3)   # the carry counts
