@@ -258,7 +258,11 @@ def _row(name, dataset, latest):
     row.update({k: next((r[k] for r in recs if r.get(k) is not None), None) for k in IDENTITY})
     if row["model"] is None and row["arch"] is not None:   # records from before the "model" field
         row["model"] = str(row["arch"]).upper()
-    model = _dict(ev, "metrics", "snn") or _dict(ev, "metrics", "ann")
+    # a stream model's --dat record also scores it stateful, as reconstruct.py runs it: that counts
+    model = _dict(ev, "metrics", "stateful")
+    if model and row["model"] is not None:
+        row["model"] += ", stateful"
+    model = model or _dict(ev, "metrics", "snn") or _dict(ev, "metrics", "ann")
     row.update({k: model.get(k) for k in ("top1", "top5", "niqe", "brisque", "piqe", "psnr", "ssim")})
     batches = [(int(b), v) for b, v in _dict(bench, "throughput").items() if b.isdigit() and _number(v)]
     row["fps_batch"], row["fps"] = max(batches) if batches else (None, None)   # the largest batch

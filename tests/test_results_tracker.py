@@ -79,6 +79,18 @@ def test_fallback_to_psnr_then_niqe_without_real_clip():
     assert "by niqe" in footers["U-CALTECH"] and "lower is better" in footers["U-CALTECH"]
 
 
+def test_a_stream_models_stateful_score_is_its_row():
+    """evaluate.py --dat scores a temporal SNN from rest ("snn") and as reconstruct.py runs it
+    ("stateful"): the row shows the stateful figures and says so, and they decide the best run."""
+    stream = random_clip("stream", "file:a.dat", psnr=29.6)
+    stream["metrics"]["stateful"] = {"psnr": 29.8}
+    stream["model"] = "SNN (T=4, temporal)"
+    rows = rt.merge_runs([stream, random_clip("direct", "file:a.dat", psnr=29.7)])
+    row = next(r for r in rows if r["name"] == "stream")
+    assert row["psnr"] == 29.8 and row["model"] == "SNN (T=4, temporal), stateful"
+    assert best_names([stream, random_clip("direct", "file:a.dat", psnr=29.7)])[0] == {"stream"}
+
+
 def test_no_metric_at_all_marks_nobody():
     best, footers = best_names([random_clip("r", top1=0.5)])
     assert best == set()
