@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import reconstruct
 from clip_guidance import ClipGuide, load_clip
 from dataset import (CLASS_NAMES, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_window, one_dataset,
                      read_dat, voxelize)
@@ -242,7 +243,7 @@ def has_linear_path(model):
 
 def load_stream_pair(dat, gt_path, height, width):
     """A raw Vidar stream and the ground-truth image of its centre frame -> (the centre window,
-    spikes [UHSR_FRAMES, H, W]; the whole stream [N, H, W]; gt [1, 1, H, W] in [0, 1], or None
+    spikes [UHSR_FRAMES, H, W]; frames in the stream; gt [1, 1, H, W] in [0, 1], or None
     without gt_path)."""
     from PIL import Image
     stream = read_dat(dat, height, width)
@@ -256,33 +257,22 @@ def load_stream_pair(dat, gt_path, height, width):
             raise InputError(f"{gt_path}: cannot read the gt image ({e})") from e
         if gt.shape[-2:] != spk.shape[-2:]:
             raise SpikeDataError(f"{gt_path}: gt is {tuple(gt.shape[-2:])}, the stream {spk.shape[-2:]}")
-    return spk, stream, gt
+    return spk, len(stream), gt
 
 
-def runs_stateful(model):
-    """reconstruct.py runs this network on a stream one time step per output frame, its state
-    carried (a temporal-encoding SNN)."""
-    return getattr(model, "encoding", None) == "temporal"
-
-
-@torch.inference_mode()
-def stateful_centre_image(model, frames, device="cpu"):
-    """A temporal SNN run as reconstruct.py streams it, on a whole stream frames [N, H, W]: from
-    the first frame on the step grid of the centre window (stride one time step), the state (and
-    an image gate's carried image) passed on, up to the centre window -> (its output frame
-    [1, 1, H, W] in [0, 1], how many windows came before it)."""
+def stateful_centre_image(model, stream, device="cpu"):
+    """A temporal SNN on a reconstruct.open_stream() stream, run as reconstruct.py runs it
+    (stateful_frames, T steps per call): from the first frame on the step grid of the centre
+    window (stride one time step), the state (and an image gate's carried image) passed on, up to
+    the centre window -> (its output frame [1, 1, H, W] in [0, 1], how many windows came before)."""
     step = UHSR_FRAMES // model.time_steps
-    centre = (len(frames) - UHSR_FRAMES) // 2          # the window load_stream_pair scores
+    centre = (stream.num_frames - UHSR_FRAMES) // 2          # the window load_stream_pair scores
     first = centre % step
-    h, w = frames.shape[1:]
-    x = torch.from_numpy(np.ascontiguousarray(frames[first:centre + UHSR_FRAMES])).to(device)
-    x = voxelize(x.reshape(-1, step, h, w), model.in_bins, torch.uint8, 1)[:, None]   # [steps, 1, bins, H, W]
-    carry, last, windows = model.init_stream(1, h, w, device), None, 0
-    for c in range(0, len(x), model.time_steps):     # a few steps per call: bounded memory
-        images, carry = model.stream_frames(x[c:c + model.time_steps], carry)
-        if len(images):
-            last, windows = images[-1], windows + len(images)
-    return to_image(last.float()).cpu(), windows - 1
+    frames = reconstruct.stateful_frames(model, stream, first, (centre - first) // step + 1, step, None,
+                                         model.time_steps, device)
+    for before, frame in enumerate(frames):     # only the last frame is kept
+        pass
+    return frame[None, None].cpu(), before
 
 
 def score_image(image, gt, iqa=None, raw=False):
@@ -320,16 +310,17 @@ def score_stream(spk, gt, model=None, config=None, rate=None, tfp_window=None, d
 def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     """Score one raw stream (full frame, centre window) against its gt: network, its linear
     path (if any), TFP, TFI."""
-    spk, frames, gt = load_stream_pair(args.dat, args.gt, args.height, args.width)
+    spk, num_frames, gt = load_stream_pair(args.dat, args.gt, args.height, args.width)
     tfp_window = min(args.tfp_window or UHSR_FRAMES, UHSR_FRAMES)   # the window TFP really averages
     config = ckpt["model_config"]
     iqa_names, iqa_skipped = no_reference_names(*spk.shape[1:])
     iqa = NoReferenceIQA("cpu", names=iqa_names)
     summary, rates = score_stream(spk, gt, model, config, args.rate, tfp_window, device, iqa)
-    label = {config["arch"]: f"{model_name(config)}{', window from rest' if runs_stateful(model) else ''}",
-             LINEAR: LINEAR_LABEL}
-    if runs_stateful(model):     # also as reconstruct.py runs it, from the stream's first frame
-        image, carried = stateful_centre_image(model, frames, device)
+    stateful = reconstruct.is_stateful(model, sliding=False)
+    label = {config["arch"]: f"{model_name(config)}{', window from rest' if stateful else ''}", LINEAR: LINEAR_LABEL}
+    if stateful:     # also as reconstruct.py runs it, from the stream's first frame
+        stream = reconstruct.open_stream(args.dat, args.height, args.width)
+        image, carried = stateful_centre_image(model, stream, device)
         summary = {config["arch"]: summary.pop(config["arch"]), STATEFUL: score_image(image, gt, iqa), **summary}
         label[STATEFUL] = (f"{model_name(config)}, stateful as reconstruct.py runs it "
                            f"({carried} window{'s' * (carried != 1)} before this one)")
@@ -337,7 +328,7 @@ def evaluate_stream(args, ckpt, model, device, exp_name, out_dir):
     keys = list(next(iter(summary.values())))
     name = os.path.basename(args.dat)
     cut = f" (--tfp_window {args.tfp_window} cut to the window)" if args.tfp_window and args.tfp_window > tfp_window else ""
-    lines = [f"# {name}: centre {UHSR_FRAMES} of {len(frames)} frames, {spk.shape[1]}x{spk.shape[2]}, "
+    lines = [f"# {name}: centre {UHSR_FRAMES} of {num_frames} frames, {spk.shape[1]}x{spk.shape[2]}, "
              f"TFP window {tfp_window}{cut}",
              f"checkpoint: {args.checkpoint} ({model_name(config)})", f"IQA: {iqa_variant}",
              f"baselines: {baseline_convention(args.rate, '--rate')}", "",

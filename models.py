@@ -279,7 +279,7 @@ class SpikingLRN(nn.Module):
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
         # image_gate (temporal encoding, stateful streams): how much of the carried output image
-        # each pixel keeps (carry_image); starts near "keep nothing", i.e. the plain window image
+        # each pixel keeps (carry_image); starts at GATE_INIT_LOGIT, GATE_INIT_MOTION_GAIN
         self.gate = self.motion_gain = None
         if image_gate:
             if encoding != "temporal":
@@ -293,9 +293,9 @@ class SpikingLRN(nn.Module):
             snn.Leaky(beta=beta, threshold=threshold, spike_grad=SURROGATES[surrogate_name][0]())
             for _ in channels)
         # prepare_for_inference: [FoldedConv] of each conv with its eval BN folded in, in the
-        # inference dtype, the first one also computing the skip's parts when folded_skip;
+        # inference dtype, the first one also computing the skip's parts (if there is a skip);
         # None = the exact fp32 path (and always in training)
-        self.folded, self.folded_skip = None, False
+        self.folded = None
 
     @property
     def input_channels(self):
@@ -421,7 +421,7 @@ class SpikingLRN(nn.Module):
         """The fast path in eval mode with BN folded into the convs (FoldedConv: bf16, or int8
         for the layers that take spikes), channels_last, the LIF recurrence of a layer one fused
         kernel with fp32 membranes emitting spikes in the next conv's input dtype; the readout
-        runs in fp32 on the mean spike map; the skip comes out of the first conv (folded_skip)."""
+        runs in fp32 on the mean spike map; the skip comes out of the first conv (_split_skip)."""
         steps = self._step_inputs(x)                                     # [S, B, 50, H, W]
         s, b = steps.shape[:2]
         h = steps.flatten(0, 1)
@@ -446,7 +446,7 @@ class SpikingLRN(nn.Module):
     def _split_skip(self, cur):
         """The first folded conv's output [N, C + P, H, W] -> (currents [N, C, H, W], the skip's
         parts [N, P, H, W] in fp32, as skip_steps() gives them), or (cur, None) without a skip."""
-        if not self.folded_skip:
+        if self.skip is None:
             return cur, None
         c = self.convs[0].out_channels
         return cur[:, :c], cur[:, c:].float()
@@ -667,7 +667,7 @@ def build_model(config, backend="fast"):
 # each BatchNorm into its conv and runs the convs in bfloat16, channels_last, with fp32
 # membranes and an fp32 readout, the linear skip as bf16 channels of the first conv; "int8" also
 # runs the convs that take spikes in int8. On a 2-core AVX512-BF16/VNNI CPU (normal.pth):
-# 3.6-3.9x (bf16) and 6.0-6.4x (int8) the output frames/s of fp32, within 0.01 dB PSNR on the
+# 3.6-3.9x (bf16) and 6.0-6.4x (int8) the output frames/s of fp32, within 0.011 dB PSNR on the
 # REDS pairs for both shipped daylight models (bench/cpu_inference.py, BENCHMARKS.md).
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -722,8 +722,7 @@ def prepare_for_inference(model, precision):
             raise InputError("--dtype int8 runs on the CPU (oneDNN); on a GPU use bf16 or fp32")
         # int8 only where the input is binary spikes (layers 2..L); the first conv takes the voxel
         folded = [fold_batchnorm(c, bn) for c, bn in zip(model.convs, model.bns)]
-        model.folded_skip = model.skip is not None
-        if model.folded_skip:
+        if model.skip is not None:
             # the skip sees the first conv's input (temporal: P = T parts, the weights of each
             # step position; skip_steps), so it runs as P more output channels of that conv: as a
             # separate fp32 conv of a few output channels it took longer than the whole first conv.

@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import UHSR_FRAMES                                      # noqa: E402
-from evaluate import (LINEAR, LINEAR_LABEL, load_stream_pair, runs_stateful, score_stream,  # noqa: E402
+import reconstruct                                                   # noqa: E402
+from evaluate import (LINEAR, LINEAR_LABEL, load_stream_pair, score_stream,  # noqa: E402
                       stateful_centre_image)
 from metrics import psnr, ssim                                       # noqa: E402
 from models import load_checkpoint, model_from_checkpoint            # noqa: E402
@@ -27,14 +28,14 @@ from utils import InputError, positive_float, positive_int, report_input_error  
 
 
 def load_pairs(folder, height, width):
-    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1], the whole stream
-    [N, H, W])] of every .dat with a .png."""
+    """[(name, spikes [200, H, W] centre window, gt [1, 1, H, W] in [0,1], the .dat as a
+    reconstruct.py stream)] of every .dat with a .png."""
     pairs = []
     for dat in sorted(glob.glob(os.path.join(folder, "*.dat"))):
         png = os.path.splitext(dat)[0] + ".png"
         if os.path.exists(png):
-            spk, frames, gt = load_stream_pair(dat, png, height, width)
-            pairs.append((os.path.basename(dat), spk, gt, frames))
+            spk, _, gt = load_stream_pair(dat, png, height, width)
+            pairs.append((os.path.basename(dat), spk, gt, reconstruct.open_stream(dat, height, width)))
     if not pairs:
         raise InputError(f"--pairs {folder}: no .dat with a matching .png")
     return pairs
@@ -59,7 +60,7 @@ def main(argv=None):
         return report_input_error(e)
     baselines = {"tfp": f"TFP ({args.tfp_window} frames / {args.rate})", "tfi": f"TFI (/ {args.rate})"}
     rows = {}   # label -> [(PSNR, SSIM) per pair]
-    for _, spk, gt, frames in pairs:
+    for _, spk, gt, stream in pairs:
         scored = [score_stream(spk, gt, model, config, args.rate, args.tfp_window)[0]
                   for model, config in models.values()] or [score_stream(spk, gt, None, None, args.rate, args.tfp_window)[0]]
         labels = [(baselines[m], scored[0][m]) for m in baselines]
@@ -68,8 +69,8 @@ def main(argv=None):
             if LINEAR in scores:
                 labels.append((f"{path}: {LINEAR_LABEL}", scores[LINEAR]))
         for path, (model, _) in models.items():
-            if runs_stateful(model):
-                image, carried = stateful_centre_image(model, frames)
+            if reconstruct.is_stateful(model, sliding=False):
+                image, carried = stateful_centre_image(model, stream)
                 labels.append((f"{path}: stateful, {carried} window{'s' * (carried != 1)} carried",
                                {"psnr": float(psnr(image, gt)[0]), "ssim": float(ssim(image, gt)[0])}))
         for label, s in labels:

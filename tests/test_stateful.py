@@ -186,9 +186,9 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, mon
     gate[gate.index("st2")] = "st4"
     assert train.main(gate) == 0
     assert "the image gate is new" in capsys.readouterr().out
-    gated = torch.load(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth", weights_only=True)
-    assert gated["model_config"]["image_gate"] and gated["model"]["gate.weight"].abs().sum() > 0
-    assert torch.equal(gated["model"]["skip.weight"], ckpt["model"]["skip.weight"])
+    gated_ckpt = torch.load(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth", weights_only=True)
+    assert gated_ckpt["model_config"]["image_gate"] and gated_ckpt["model"]["gate.weight"].abs().sum() > 0
+    assert torch.equal(gated_ckpt["model"]["skip.weight"], ckpt["model"]["skip.weight"])
     assert reconstruct.main(["--checkpoint", str(tmp_path / "exp" / "st4" / "ckpts" / "checkpoint_last.pth"),
                              "--input", str(tmp_path / "s.dat"), "--output", str(tmp_path / "g.npy"),
                              "--height", "16", "--width", "24", "--stride", "100"]) == 0
