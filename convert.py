@@ -151,6 +151,8 @@ def _onnx_ann(b, model, voxel):
         h = b.conv(h, conv, f"conv{i + 1}")
         if i + 1 < len(convs):
             h = b.op("Relu", h)
+    if model.skip is not None:
+        h = b.op("Add", h, b.conv(voxel, model.skip, "skip"))
     return h
 
 

@@ -615,7 +615,7 @@ class PlainLRN(nn.Module):
     the network is named after them and its output is scored as their evaluation scores it
     (see scored_image)."""
 
-    def __init__(self, in_bins=50, channels=LRN_CHANNELS, origin=None):
+    def __init__(self, in_bins=50, channels=LRN_CHANNELS, origin=None, linear_skip=False):
         super().__init__()
         if origin not in (None, ORIGINAL_ORIGIN):
             raise ValueError(f"unknown origin {origin!r} (expected {ORIGINAL_ORIGIN!r} or none)")
@@ -626,6 +626,12 @@ class PlainLRN(nn.Module):
             layers += [nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(channels[-1], 1, 3, padding=1))
         self.net = nn.Sequential(*layers)
+        # the same linear skip as SpikingLRN's (fitted, fixed): the ReLU layers learn the residual,
+        # so an SNN with a skip has a plain CNN to be compared with that starts where it starts
+        self.skip = nn.Conv2d(in_bins, 1, 3, padding=1) if linear_skip else None
+        if linear_skip:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.time_steps, self.encoding = 1, "direct"
         self.hidden_dtype = None    # prepare_for_inference: bf16 hidden convs
 
@@ -638,6 +644,8 @@ class PlainLRN(nn.Module):
                   "channels": [m.out_channels for m in self.net if isinstance(m, nn.Conv2d)][:-1]}
         if self.origin:
             config["origin"] = self.origin
+        if self.skip is not None:    # only when set: older checkpoints' configs stay equal
+            config["linear_skip"] = True
         return config
 
     def forward(self, x, return_rates=False):
@@ -646,14 +654,21 @@ class PlainLRN(nn.Module):
             image = self.net[-1](hidden.float())
         else:
             image = self.net(x if x.is_floating_point() else x.float())
+        if self.skip is not None:
+            image = image + self.linear_path(x)
         return (image, torch.zeros(0, device=x.device)) if return_rates else image
+
+    def linear_path(self, x):
+        """The linear skip alone (fp32): voxel [B, C, H, W] -> [B, 1, H, W]."""
+        return self.skip(x if x.is_floating_point() else x.float())
 
 
 def build_model(config, backend="fast"):
     """Rebuild a network from config() (as stored in a checkpoint)."""
     arch = config.get("arch")
     if arch == "ann":
-        return PlainLRN(config["in_bins"], tuple(config["channels"]), config.get("origin"))
+        return PlainLRN(config["in_bins"], tuple(config["channels"]), config.get("origin"),
+                        config.get("linear_skip", False))
     if arch == "snn":
         return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
                           config["beta"], config["threshold"], config["surrogate"], backend,
@@ -765,9 +780,10 @@ def model_name(config):
     """How reports name the network of a checkpoint config."""
     if is_original(config):
         return ORIGINAL_NAME
-    if config.get("arch") == "ann":
-        return "ANN (plain-CNN LRN)"
     skip = ", linear skip" if config.get("linear_skip") else ""
+    if config.get("arch") == "ann":
+        bins = f", {config['in_bins']} bins" if config.get("in_bins", 50) != 50 else ""
+        return f"ANN (plain-CNN LRN{bins}{skip})"
     gate = ", image gate" if config.get("image_gate") else ""
     return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip}{gate})"
 

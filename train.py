@@ -89,13 +89,17 @@ def build_parser():
                    help="snn: spiking LRN; ann: the plain-CNN LRN of the original SpikeCLIP")
     g.add_argument("--time_steps", type=positive_int, default=4, help="SNN time steps T")
     g.add_argument("--encoding", choices=["direct", "temporal"], default="direct",
-                   help="direct: the 50-bin voxel at every step; temporal: step t gets its own 50-bin slice")
+                   help="direct: the window's voxel at every step; temporal: step t gets its own 50-bin slice")
+    g.add_argument("--bins", type=positive_int, default=UHSR_BINS,
+                   help=f"direct encoding and --arch ann: the window's {UHSR_FRAMES} frames as this many bins "
+                        f"(50: 4 frames each, the seed's voxel; 200: one frame each); temporal encoding takes "
+                        f"{UHSR_BINS} per step")
     g.add_argument("--beta", type=unit_interval, default=0.9, help="LIF membrane decay, in [0, 1]")
     g.add_argument("--threshold", type=positive_float, default=1.0, help="LIF firing threshold")
     g.add_argument("--surrogate", choices=["atan", "fast_sigmoid"], default="atan")
     g.add_argument("--linear_skip", action="store_true",
-                   help="SNN: add a linear conv of the input to the spiking readout (the spiking layers "
-                        "learn the residual; models.py)")
+                   help="add a linear conv of the input, fitted by least squares and fixed, to the network's "
+                        "readout (the spiking or ReLU layers learn the residual; models.py)")
     g.add_argument("--image_gate", action="store_true",
                    help="with --stateful: the network also reads out, per pixel, how much of the previous "
                         "output frame to keep (models.SpikingLRN.carry_image): still content averages over "
@@ -174,6 +178,12 @@ def get_args(argv=None):
         p.error(f"--encoding temporal --time_steps {args.time_steps}: each step takes its own {UHSR_BINS}-bin "
                 f"slice of the {UHSR_FRAMES}-frame window, so {UHSR_BINS} x T must divide {UHSR_FRAMES} "
                 f"(T = {', '.join(map(str, fits))})")
+    if UHSR_FRAMES % args.bins:
+        p.error(f"--bins {args.bins}: the {UHSR_FRAMES}-frame window splits into equal bins only for a divisor "
+                f"of {UHSR_FRAMES}")
+    if args.encoding == "temporal" and args.bins != UHSR_BINS:
+        p.error(f"--bins {args.bins}: temporal encoding gives each step its own {UHSR_BINS} bins; --bins sets "
+                "the voxel of direct encoding and of --arch ann")
     if args.simulate_from and not os.path.isdir(args.simulate_from):
         p.error(f"--simulate_from {args.simulate_from}: no such folder")
     if args.stateful and not args.resume:
@@ -780,14 +790,12 @@ def what_ran(ran, offline):
 
 def build_lrn(args, device):
     if args.arch == "snn":
-        model = SpikingLRN(UHSR_BINS, args.time_steps, args.encoding, args.beta, args.threshold,
+        model = SpikingLRN(args.bins, args.time_steps, args.encoding, args.beta, args.threshold,
                            args.surrogate, args.backend, linear_skip=args.linear_skip, image_gate=args.image_gate)
     else:
         if args.encoding == "temporal":
-            raise InputError("--arch ann takes the direct 50-bin voxel; --encoding temporal is for the SNN")
-        if args.linear_skip:
-            raise InputError("--linear_skip is an SNN option; --arch ann is the original plain CNN")
-        model = PlainLRN(UHSR_BINS)
+            raise InputError("--arch ann takes the window as one voxel; for one bin per frame pass --bins 200")
+        model = PlainLRN(args.bins, linear_skip=args.linear_skip)
     if args.linear_skip:
         # fitted in closed form before training (fit_linear_skip), then fixed: Adam's steps of
         # ~lr per weight are a large fraction of the small fitted weights (0.01-0.06 at a 0.6
@@ -1191,12 +1199,13 @@ def train(args):
         if run["scaler"]:   # empty when saved without fp16 (CPU, bf16)
             scaler.load_state_dict(run["scaler"])
         set_rng_state(run["rng"])
-    elif args.arch == "snn" and args.linear_skip and args.stage_epochs[0] > 0 and not args.init:
+    elif args.linear_skip and args.stage_epochs[0] > 0 and not args.init:
         fit_batches = first_windows(train_loader, model) if args.stateful else train_loader
         rmse = fit_linear_skip(model, fit_batches, args.recon_target, device, teacher=teacher)
         if rank == 0:
             print(f"linear skip: least-squares start against '{args.recon_target}' (RMSE {rmse:.4f} on "
-                  f"{FIT_BATCHES} training batches); the spiking layers learn the residual")
+                  f"{FIT_BATCHES} training batches); the {'spiking' if args.arch == 'snn' else 'ReLU'} layers learn "
+                  "the residual")
     writer = open_run_folder(args, folder, clip_info, bank_source, world, teacher_info) if rank == 0 else None
 
     train_model = DDP(model) if world > 1 else model

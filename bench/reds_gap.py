@@ -2,7 +2,7 @@
 is run through our camera (generate_synthetic_data.simulate_spikes, normal light) static and
 panned rigidly by --pan_px over the 200-frame window, and scored beside the real stream. The step
 static -> pan is what motion costs the network; pan -> real is motion (and camera) the
-simulation lacks. PSNR dB and sharpness (mean neighbour difference relative to the ground truth's).
+simulation lacks. A network with a linear skip also gets a column of the skip alone. PSNR dB and sharpness (mean neighbour difference relative to the ground truth's).
 
     python bench/reds_gap.py --pairs ../shared/datasets/reds-base-sample --checkpoint weights/normal.pth
 """
@@ -30,8 +30,12 @@ def main(argv=None):
     p.add_argument("--pan_px", type=float, default=26.0, help="rigid pan over 200 frames (REDS part3: ~26)")
     args = p.parse_args(argv)
     networks = [(c, model_from_checkpoint(load_checkpoint(c), c).eval()) for c in args.checkpoint]
-    print("| pair | stream | " + " | ".join(["TFP-41", "TFI"] + [n for n, _ in networks]) + " |")
-    print("|---" * (len(networks) + 4) + "|")
+    # each network, then (if it has one) its fixed linear skip alone: what the spiking layers add
+    methods = ["TFP (41 frames / rate)", "TFI (/ rate)"]
+    for n, model in networks:
+        methods += [n] + ([f"{n}: linear path alone"] if getattr(model, "skip", None) is not None else [])
+    print("| pair | stream | " + " | ".join(["TFP-41", "TFI"] + methods[2:]) + " |")
+    print("|---" * (len(methods) + 2) + "|")
     for name, real_spk, gt_real in reds_pairs(args.pairs):
         with Image.open(os.path.join(args.pairs, os.path.splitext(name)[0] + ".png")) as img:
             streams = []
@@ -45,7 +49,7 @@ def main(argv=None):
         for label, spk, gt in streams:
             images = method_images(spk, networks)
             cells = []
-            for method in ["TFP (41 frames / rate)", "TFI (/ rate)"] + [n for n, _ in networks]:
+            for method in methods:
                 img = images[method]
                 db = float(psnr(torch.from_numpy(np.ascontiguousarray(img))[None, None], torch.from_numpy(gt)[None, None])[0])
                 cells.append(f"{db:.2f} ({neighbour_difference(img) / neighbour_difference(gt):.2f})")

@@ -64,9 +64,12 @@ def test_onnx_snn_matches_pytorch_at_any_frame_size(encoding, skip):
         assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_onnx_ann_matches_pytorch():
+@pytest.mark.parametrize("skip", [False, True])
+def test_onnx_ann_matches_pytorch(skip):
     torch.manual_seed(0)
-    model = PlainLRN(in_bins=6, channels=(4, 8, 4, 3)).eval()
+    model = PlainLRN(in_bins=6, channels=(4, 8, 4, 3), linear_skip=skip).eval()
+    if skip:     # the last conv starts at zero: give both paths something to say
+        torch.nn.init.normal_(model.net[-1].weight, std=0.1)
     voxel = voxel_for(model, 2, 15, 11)
     with torch.no_grad():
         expected = model(voxel).numpy()

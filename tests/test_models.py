@@ -205,3 +205,18 @@ def test_linear_skip_starts_as_the_linear_image_and_round_trips():
     assert build_model(model.config()).config() == model.config()
     old = {k: v for k, v in SpikingLRN(time_steps=2).config().items() if k != "linear_skip"}
     assert build_model(old).skip is None                            # checkpoints from before the option
+
+
+def test_plain_cnn_with_a_linear_skip_starts_as_the_linear_image_and_round_trips():
+    """--arch ann --linear_skip: the SNN's comparison, the same fitted filter under ReLU layers."""
+    model = PlainLRN(in_bins=200, channels=(8, 8, 4, 3), linear_skip=True).eval()
+    x = torch.rand(2, 200, 9, 11) * 2
+    torch.testing.assert_close(model(x), model.linear_path(x))     # the last conv starts at zero
+    assert model.config()["linear_skip"] and build_model(model.config()).skip is not None
+    assert "linear_skip" not in PlainLRN().config()                  # older ANN configs stay equal
+    assert build_model(PlainLRN().config()).skip is None
+    with torch.no_grad():
+        model.net[-1].weight.normal_()
+    assert not torch.allclose(model(x), model.linear_path(x))       # and the ReLU path adds to it
+    torch.testing.assert_close(model(x.to(torch.uint8)), model(x.to(torch.uint8).float()))
+

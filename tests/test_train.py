@@ -362,6 +362,17 @@ def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypat
     assert [h["stage"] for h in ckpt["history"]] == ["coarse", "coarse"]
 
 
+def test_plain_cnn_takes_one_bin_per_frame_and_a_fitted_skip(tmp_path, data_root, monkeypatch, capsys):
+    """--arch ann --bins 200 --linear_skip: the plain CNN given what the temporal SNN gets (one bin
+    per frame, the same least-squares skip), the comparison the decomposition needs."""
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path, data_root, "ann_t", "--arch", "ann", "--bins", "200", "--linear_skip",
+               "--recon_target", "gt", "--epochs_coarse", "1", "--epochs_prompt", "0", "--epochs_fine", "0") == 0
+    assert "the ReLU layers learn the residual" in capsys.readouterr().out
+    config = load(tmp_path / "exp" / "ann_t" / "ckpts" / "checkpoint_last.pth")["model_config"]
+    assert config["arch"] == "ann" and config["in_bins"] == 200 and config["linear_skip"]
+
+
 def test_linear_skip_starts_from_the_least_squares_image(data_root):
     """The fitted linear path reconstructs the target better than the untrained one, and its
     weights are the least-squares solution (checked against torch.linalg.lstsq)."""
@@ -391,11 +402,19 @@ def test_linear_skip_starts_from_the_least_squares_image(data_root):
                                         ("--lr", "0"), ("--lr", "nan"), ("--lr", "-1e-4"), ("--time_steps", "0"),
                                         ("--beta", "1.5"), ("--threshold", "0"), ("--val_fraction", "0"),
                                         ("--val_fraction", "1"), ("--num_workers", "-1"), ("--patience", "0"),
-                                        ("--dataset", "mnist"), ("--epochs_fine", "-1")])
+                                        ("--dataset", "mnist"), ("--epochs_fine", "-1"), ("--bins", "0"),
+                                        ("--bins", "30")])
 def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         train.get_args([flag, value])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_bins_is_the_direct_voxel_and_temporal_encoding_keeps_its_own(capsys):
+    assert train.get_args(["--bins", "200"]).bins == 200
+    with pytest.raises(SystemExit) as e:
+        train.get_args(["--encoding", "temporal", "--bins", "200"])
+    assert e.value.code == 2 and "--bins 200: temporal encoding" in capsys.readouterr().err
 
 
 def test_dataset_vocabulary_and_the_older_spelling():
