@@ -202,6 +202,21 @@ def test_sliding_batches_give_the_same_frames(stream, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "b1.npy"), np.load(tmp_path / "b7.npy"), atol=1e-5)
 
 
+def test_a_direct_snn_of_one_bin_per_frame_slides_over_each_windows_frames(stream, tmp_path):
+    """train.py --bins 200: each output frame is the network on its window's 200 frames as bins."""
+    torch.manual_seed(1)
+    model = SpikingLRN(in_bins=200, time_steps=4, channels=CHANNELS, linear_skip=True).eval()
+    torch.nn.init.normal_(model.skip.weight, std=0.02)
+    ckpt = save_checkpoint(model, tmp_path / "bins200.pth")
+    assert run(ckpt, stream["dat"], tmp_path / "f.npy", "--end", 700, "--stride", 100, "--batch", 2) == 0
+    frames = np.load(tmp_path / "f.npy")
+    spk = torch.from_numpy(np.ascontiguousarray(stream["spk"][:700])).float()
+    with torch.no_grad():
+        expected = [model(spk[s:s + 200][None]).clamp(0, 1)[0, 0].numpy() for s in range(0, 501, 100)]
+    assert frames.shape == (6, H, W) and 0.05 < frames.mean() < 0.95 and frames.std() > 0.01
+    np.testing.assert_allclose(frames, np.stack(expected), atol=1e-5)
+
+
 def test_static_scene_output_becomes_stable(tmp_path):
     """On a still scene the stateful SNN settles: its frame-to-frame change does not grow, its
     brightness stays in a narrow band, and it flickers less than independent windows (each output

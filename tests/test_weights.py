@@ -28,7 +28,7 @@ def test_shipped_checkpoint_beats_tfp_on_a_fresh_capture(light):
     spk, gt = gen.simulate_spikes(canvas, 200, cfg, gen.make_sensor(cfg, size, 3), rng, size)
     gt = torch.from_numpy(gt.astype(np.float32) / 255)[None, None]
     with torch.inference_mode():
-        image = model(torch.from_numpy(voxelize(spk))[None]).clamp(0, 1)
+        image = model(torch.from_numpy(voxelize(spk, model.input_channels))[None]).clamp(0, 1)
     window = 41 if light == "normal" else 200        # Spike-Zoo's window in daylight, all in the dark
     baseline = torch.from_numpy(tfp(spk, window, cfg.rate)).clamp(0, 1)[None, None]
     assert float(psnr(image, gt)[0]) > float(psnr(baseline, gt)[0]) + 1.0
