@@ -15,7 +15,7 @@
 #    stream: then `--stateful 16 --image_gate --flicker_weight 1.5 --init` from step 2's network,
 #    each item one recording of 16 consecutive windows, membranes and output image carried;
 # 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
-# Sizes for a 2-core CPU (normal: ~27 min, low: ~35 min, stream: ~60 min + ~35 min, each beside
+# Sizes for a 2-core CPU (normal: ~45 min, low: ~35 min, stream: ~60 min + ~35 min, each beside
 # other jobs); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,13 @@ case "$NAME" in
           EPOCHS=${EPOCHS:-7}; EPOCH_SIZE=${EPOCH_SIZE:-480}; BATCH=${BATCH:-8}; CROP=${CROP:-64} ;;
   *) echo "$USAGE" >&2; exit 2 ;;
 esac
-# stream: T=4 temporal encoding (one-frame bins) on single windows, then --stateful
-NETWORK=(--encoding direct); [ "$NAME" = stream ] && NETWORK=(--encoding temporal)
+# normal: direct encoding of the window as 200 one-frame bins (the dark low.pth keeps 50 bins of 4
+# frames); stream: T=4 temporal encoding (one-frame bins) on single windows, then --stateful
+case "$NAME" in
+  normal) NETWORK=(--encoding direct --bins 200) ;;
+  low)    NETWORK=(--encoding direct) ;;
+  stream) NETWORK=(--encoding temporal) ;;
+esac
 DATA=${DATA:-data/weights-$NAME}
 EXP=${EXP:-weights-$NAME}
 [ -f venv/.setup-done ] || bash setup.sh
