@@ -781,11 +781,11 @@ def model_name(config):
     if is_original(config):
         return ORIGINAL_NAME
     skip = ", linear skip" if config.get("linear_skip") else ""
+    bins = f", {config['in_bins']} bins" if config.get("in_bins", 50) != 50 else ""   # 50: the seed's voxel
     if config.get("arch") == "ann":
-        bins = f", {config['in_bins']} bins" if config.get("in_bins", 50) != 50 else ""
         return f"ANN (plain-CNN LRN{bins}{skip})"
     gate = ", image gate" if config.get("image_gate") else ""
-    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{skip}{gate})"
+    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{bins}{skip}{gate})"
 
 
 # ----------------------------------------------------------------------------------------------

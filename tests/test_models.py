@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models import (CheckpointError, PlainLRN, SpikingLRN, build_model, load_checkpoint,
-                    model_from_checkpoint)
+from models import (CheckpointError, PlainLRN, SpikingLRN, build_model, load_checkpoint, model_from_checkpoint,
+                    model_name)
 
 
 def make_pair(**kw):
@@ -219,4 +219,11 @@ def test_plain_cnn_with_a_linear_skip_starts_as_the_linear_image_and_round_trips
         model.net[-1].weight.normal_()
     assert not torch.allclose(model(x), model.linear_path(x))       # and the ReLU path adds to it
     torch.testing.assert_close(model(x.to(torch.uint8)), model(x.to(torch.uint8).float()))
+
+
+def test_model_names_say_the_bins_when_not_the_seeds_voxel():
+    assert model_name(SpikingLRN(time_steps=2, linear_skip=True).config()) == "SNN (T=2, direct, linear skip)"
+    assert model_name(SpikingLRN(in_bins=200, linear_skip=True).config()) == "SNN (T=4, direct, 200 bins, linear skip)"
+    assert model_name(SpikingLRN(encoding="temporal").config()) == "SNN (T=4, temporal)"
+    assert model_name(PlainLRN(in_bins=200).config()) == "ANN (plain-CNN LRN, 200 bins)"
 
