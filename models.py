@@ -653,7 +653,8 @@ class PlainLRN(nn.Module):
             hidden = self.net[:-1](x.to(self.hidden_dtype, memory_format=torch.channels_last))
             image = self.net[-1](hidden.float())
         else:
-            image = self.net(x if x.is_floating_point() else x.float())
+            x = x if x.is_floating_point() else x.float()     # once, for the net and the skip
+            image = self.net(x)
         if self.skip is not None:
             image = image + self.linear_path(x)
         return (image, torch.zeros(0, device=x.device)) if return_rates else image

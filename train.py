@@ -532,9 +532,9 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, te
         if teacher is not None:
             batch["teacher"] = teacher(batch["voxel"])
         x = batch["voxel"].float()                                            # [B, C, H, W]
-        patches = F.unfold(x, 3, padding=1)                                  # [B, 450, H*W]
+        patches = F.unfold(x, 3, padding=1)                                  # [B, 9C, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
-        a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 450]
+        a = patches[..., pick].transpose(1, 2).reshape(-1, patches.shape[1])  # [B*P, 9C]
         a = torch.cat([a, torch.ones_like(a[:, :1])], 1).double()            # + bias column
         y = batch[target_key].flatten(1)[:, pick].reshape(-1, 1).double()
         gram, rhs, sq, n = gram + a.T @ a, rhs + a.T @ y, sq + (y * y).sum(), n + len(y)
