@@ -1,10 +1,11 @@
 """Train the reconstruction network in three CLIP-guided stages, without ground truth (SPEC §5).
 
   1. coarse:  recon_weight * L1(out, pseudo-target) + clip_weight * CE(zero-shot logits, label)
+              [+ edge_weight * L1 of neighbour differences, out against pseudo-target]
   2. prompt:  only the quality prompts learn: prompt_weight * CE separating high-quality images
               (an unpaired bank, --hq_dir) from low-quality ones (stage-1 reconstructions, TFP, TFI)
   3. fine:    clip_weight * CE(class) + prompt_weight * CE(quality -> high) +
-              recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out)
+              recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out) [+ edge_weight * ...]
 The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, when the data
 has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
 one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN.
@@ -126,6 +127,10 @@ def build_parser():
     g.add_argument("--clip_weight", type=non_negative_float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
     g.add_argument("--prompt_weight", type=non_negative_float, default=0.75, help="quality-prompt loss (stages 2, 3)")
     g.add_argument("--tv_weight", type=non_negative_float, default=0.01, help="total variation of the output (stage 3)")
+    g.add_argument("--edge_weight", type=non_negative_float, default=0.0,
+                   help="L1 between the differences of neighbouring pixels in the output and in the pseudo-target "
+                        "(stages 1, 3, and --stateful): pixel L1 tolerates an edge smoothed where its place is "
+                        "uncertain, this term charges for it")
     g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
                    help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
     g.add_argument("--stateful", type=positive_int, metavar="K",
@@ -396,6 +401,12 @@ def total_variation(img):
     return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
 
 
+def edge_l1(out, target):
+    """--edge_weight: L1 between the vertical and the horizontal neighbour differences of out and
+    target [..., H, W] (the sharpness of metrics.neighbour_difference, compared pixel by pixel)."""
+    return (F.l1_loss(out.diff(dim=-2), target.diff(dim=-2)) + F.l1_loss(out.diff(dim=-1), target.diff(dim=-1)))
+
+
 class Teacher:
     """--recon_target teacher: a trained reconstructor, frozen, whose output is the L1 target."""
 
@@ -432,6 +443,9 @@ class StageLoss:
         img = to_image(out)
         terms = {"recon": F.l1_loss(out, self.target(batch))}
         total = a.recon_weight * terms["recon"]
+        if a.edge_weight:
+            terms["edge"] = edge_l1(out, self.target(batch))
+            total = total + a.edge_weight * terms["edge"]
         if a.clip_weight:   # a CLIP forward pass costs more than the LRN's: skip it when unused
             terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
             total = total + a.clip_weight * terms["clip"]
@@ -451,6 +465,9 @@ class StageLoss:
         img = to_image(out)
         terms = {"recon": F.l1_loss(out, self.target(batch)), "tv": total_variation(img)}
         total = a.recon_weight * terms["recon"] + a.tv_weight * terms["tv"]
+        if a.edge_weight:
+            terms["edge"] = edge_l1(out, self.target(batch))
+            total = total + a.edge_weight * terms["edge"]
         if a.clip_weight:
             terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
             total = total + a.clip_weight * terms["clip"]
@@ -1015,8 +1032,9 @@ def stateful_step(s, batch, optimizer=None):
     each chunk (truncated back-propagation through time), and a chunk after the first starts from
     rest with probability STATEFUL_RESTART; validation (none): from rest to the end.
     Loss: recon_weight * L1 of each output frame to its clean frame, + flicker_weight * L1 of the
-    change between consecutive output frames (of a chunk) to the clean frames' change.
-    -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1}) over the chunks."""
+    change between consecutive output frames (of a chunk) to the clean frames' change,
+    + edge_weight * edge_l1 of each frame to its clean frame.
+    -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1[, "edge"]}) over the chunks."""
     model = s.model
     voxel, gt = batch["voxel"], batch["gt"]                       # [B, steps*bins, S, S], [B, K, 1, S, S]
     b, _, h, w = voxel.shape
@@ -1034,12 +1052,13 @@ def stateful_step(s, batch, optimizer=None):
             l1 = F.l1_loss(frames, clean)
             change = (F.l1_loss(frames[1:] - frames[:-1], clean[1:] - clean[:-1]) if len(frames) > 1
                       else l1.new_zeros(()))
-            weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change
+            edge = edge_l1(frames, clean) if s.args.edge_weight else l1.new_zeros(())
+            weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change + s.args.edge_weight * edge
             if optimizer is not None:
                 optimize(s, optimizer, weighted)
-            losses.append(torch.stack([weighted, l1, change]).detach())
-    weighted, l1, change = torch.stack(losses).mean(0)
-    return weighted, {"recon": l1, "flicker": change}
+            losses.append(torch.stack([weighted, l1, change, edge]).detach())
+    weighted, l1, change, edge = torch.stack(losses).mean(0)
+    return weighted, {"recon": l1, "flicker": change, **({"edge": edge} if s.args.edge_weight else {})}
 
 
 def first_windows(loader, model):

@@ -137,7 +137,8 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, mon
     args = ["--data_root", str(data), "--exp_root", str(tmp_path / "exp"), "--exp_name", "st",
             *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
             "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
-            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--flicker_weight", "0.5"]
+            "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--flicker_weight", "0.5",
+            "--edge_weight", "0.25"]
     args[args.index("--random_clip_terms")] = "--clip_weight=0"
     steps = {"n": 0}
     real = train.optimize
@@ -155,9 +156,9 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, mon
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["opt"]["stateful"] == 6
     assert all(np.isfinite(h["train_recon"]) for h in ckpt["history"]) and len(ckpt["history"]) == 3
-    assert all(h["train_flicker"] > 0 for h in ckpt["history"])      # the change term was scored
-    assert all(np.isclose(h["train_loss"], 1.5 * h["train_recon"] + 0.5 * h["train_flicker"], rtol=1e-4)
-               for h in ckpt["history"])
+    assert all(h["train_flicker"] > 0 and h["train_edge"] > 0 for h in ckpt["history"])   # both terms scored
+    assert all(np.isclose(h["train_loss"], 1.5 * h["train_recon"] + 0.5 * h["train_flicker"] + 0.25 * h["train_edge"],
+                          rtol=1e-4) for h in ckpt["history"])
     assert ckpt["model"]["readout.weight"].abs().sum() > 0            # the spiking path was trained
     # the checkpoint streams, stateful by default
     spk = (np.random.default_rng(0).random((400, 16, 24)) < 0.3).astype(np.uint8)

@@ -218,7 +218,8 @@ def test_each_loss_weight_scales_the_term_it_names():
     batch = {"label": torch.tensor([1, 2]), "tfi": torch.rand(2, 1, 16, 16)}
 
     def total(stage, **weights):
-        args = train.get_args(["--recon_weight", "1", "--clip_weight", "1", "--prompt_weight", "1", "--tv_weight", "1"])
+        args = train.get_args(["--recon_weight", "1", "--clip_weight", "1", "--prompt_weight", "1", "--tv_weight", "1",
+                               "--edge_weight", "1"])
         vars(args).update(weights)
         loss = train.StageLoss(args, guide)
         if stage == "coarse":
@@ -227,13 +228,22 @@ def test_each_loss_weight_scales_the_term_it_names():
             return loss.fine(out, batch, features)
         return loss.prompt(features, out, out)
 
-    for stage, names in {"coarse": {"recon_weight": "recon", "clip_weight": "clip"},
-                         "fine": {"recon_weight": "recon", "clip_weight": "clip", "prompt_weight": "quality", "tv_weight": "tv"},
+    for stage, names in {"coarse": {"recon_weight": "recon", "clip_weight": "clip", "edge_weight": "edge"},
+                         "fine": {"recon_weight": "recon", "clip_weight": "clip", "prompt_weight": "quality", "tv_weight": "tv",
+                                  "edge_weight": "edge"},
                          "prompt": {"prompt_weight": "quality"}}.items():
         base, terms = total(stage)
         for weight, term in names.items():
             changed, _ = total(stage, **{weight: 3.0})
             torch.testing.assert_close(changed - base, 2.0 * terms[term], msg=f"{stage}: {weight}")
+
+
+def test_edge_term_charges_a_smoothed_edge_and_ignores_an_offset():
+    target = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(4, 4)      # a vertical edge [H=4, W=4]
+    smoothed = torch.tensor([[0.0, 0.5, 0.5, 1.0]]).expand(4, 4)
+    assert float(train.edge_l1(target + 0.25, target)) == 0.0         # brightness is the pixel term's
+    # horizontal differences [0, 1, 0] against [0.5, 0, 0.5]: mean 2/3; vertical ones all 0
+    assert float(train.edge_l1(smoothed, target)) == pytest.approx(2 / 3)
 
 
 def test_epochs_split_over_the_stages():
