@@ -98,7 +98,8 @@ def print_table(title, streams, rows, per_stream):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", help="folder of <name>.dat + <name>.png pairs (250x400)")
-    p.add_argument("--sim_test", help="folder of simulated .npz test files with gt")
+    p.add_argument("--sim_test", help="folder of simulated .npz files with gt: a test split, or the "
+                                      "validation files that choose a recipe")
     p.add_argument("--sim_limit", type=int, default=40, help="score at most this many simulated files")
     p.add_argument("--checkpoint", nargs="*", default=[])
     args = p.parse_args(argv)
@@ -111,8 +112,8 @@ def main(argv=None):
                     f"not an independent check)", pairs, score(pairs, networks), per_stream=True)
     if args.sim_test:
         sims = sim_samples(args.sim_test, args.sim_limit)
-        print_table(f"{args.sim_test}: {len(sims)} held-out simulated streams (layered motion, their own "
-                    f"images and sensor), full frame", sims, score(sims, networks), per_stream=False)
+        print_table(f"{args.sim_test}: {len(sims)} simulated streams with ground truth (a test split: held "
+                    f"out, its own images and sensor), full frame", sims, score(sims, networks), per_stream=False)
     return 0
 
 
