@@ -112,8 +112,8 @@ def main(argv=None):
                     f"not an independent check)", pairs, score(pairs, networks), per_stream=True)
     if args.sim_test:
         sims = sim_samples(args.sim_test, args.sim_limit)
-        print_table(f"{args.sim_test}: {len(sims)} simulated streams with ground truth (a test split: held "
-                    f"out, its own images and sensor), full frame", sims, score(sims, networks), per_stream=False)
+        print_table(f"{args.sim_test}: {len(sims)} simulated streams with ground truth, full frame", sims,
+                    score(sims, networks), per_stream=False)
     return 0
 
 
