@@ -1,8 +1,8 @@
 """Where a normal-light reconstructor loses on the real REDS pairs: each pair's own ground truth
-is run through our camera (generate_synthetic_data.simulate_spikes, normal light) static and
-panned rigidly by --pan_px over the 200-frame window, and scored beside the real stream. The step
-static -> pan is what motion costs the network; pan -> real is motion (and camera) the
-simulation lacks. A network with a linear skip also gets a column of the skip alone. PSNR dB
+is run through our camera (generate_synthetic_data.simulate_spikes, normal light, a lens of
+--lens_px) static and panned rigidly by --pan_px over the 200-frame window, and scored beside the
+real stream. The step static -> pan is what motion costs the network; pan -> real is motion
+(and camera) the simulation lacks. A network with a linear skip also gets a column of the skip alone. PSNR dB
 and sharpness (mean neighbour difference relative to the ground truth's).
 
     python bench/reds_gap.py --pairs ../shared/datasets/reds-base-sample --checkpoint weights/normal.pth
@@ -29,6 +29,8 @@ def main(argv=None):
     p.add_argument("--pairs", required=True)
     p.add_argument("--checkpoint", nargs="+", required=True)
     p.add_argument("--pan_px", type=float, default=26.0, help="rigid pan over 200 frames (REDS part3: ~26)")
+    p.add_argument("--lens_px", type=float, default=0.5,
+                   help="the camera's lens blur, std px (the REDS streams read as ~0.5: bench/reds_lens.py)")
     args = p.parse_args(argv)
     networks = [(c, model_from_checkpoint(load_checkpoint(c), c).eval()) for c in args.checkpoint]
     # each network, then (if it has one) its fixed linear skip alone: what the spiking layers add
@@ -41,7 +43,8 @@ def main(argv=None):
         with Image.open(os.path.join(args.pairs, os.path.splitext(name)[0] + ".png")) as img:
             streams = []
             for px in (0.0, args.pan_px):
-                cfg = dataclasses.replace(gen.LIGHT["normal"], motion_px=(px, px), brightness=(1.0, 1.0))
+                cfg = dataclasses.replace(gen.LIGHT["normal"], motion_px=(px, px), brightness=(1.0, 1.0),
+                                          lens_blur_px=(args.lens_px, args.lens_px))
                 canvas = gen.image_to_canvas(img, cfg.frame_hw, gen.motion_margin(cfg))
                 spk, gt = gen.simulate_spikes(canvas, 200, cfg, gen.make_sensor(cfg, cfg.frame_hw, 0, "test"),
                                               np.random.default_rng(0), cfg.frame_hw)

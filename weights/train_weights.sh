@@ -14,9 +14,11 @@
 #    the clean frame; CLIP is not used (no pretrained weights offline: its terms are off);
 #    stream: then `--stateful 16 --image_gate --flicker_weight 1.5 --init` from step 2's network,
 #    each item one recording of 16 consecutive windows, membranes and output image carried;
+#    normal: then a second cycle of 24 epochs from step 2's best network (train.py --init, lr 5e-4,
+#    new captures);
 # 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
-# Sizes for a 2-core CPU (normal: ~70 min, low: ~35 min, stream: ~60 min + ~35 min, each beside
-# other jobs); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
+# Sizes for a 2-core CPU (normal: ~70 min + ~60 min, low: ~35 min, stream: ~60 min + ~35 min,
+# each beside other jobs); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USAGE="usage: bash weights/train_weights.sh normal|low|stream CALTECH101_DIR"
@@ -52,6 +54,14 @@ $PY generate_synthetic_data.py --dataset caltech --source_dir "$SRC" --light "$L
 $PY train.py "${COMMON[@]}" --data_root "$DATA" --exp_name "$EXP" "${NETWORK[@]}" \
     --crop_size "$CROP" --batch_size "$BATCH" --epoch_size "$EPOCH_SIZE" --epochs_coarse "$EPOCHS" $(resume "$EXP")
 BEST=exp/$EXP/ckpts/checkpoint_best.pth
+if [ "$NAME" = normal ]; then
+  # a second cosine cycle from the first's best network, at half the learning rate, on new
+  # captures (--seed 1), the skip kept
+  $PY train.py "${COMMON[@]}" --data_root "$DATA" --exp_name "$EXP-cycle2" "${NETWORK[@]}" --init "$BEST" \
+      --lr 5e-4 --seed 1 --crop_size "$CROP" --batch_size "$BATCH" --epoch_size "$EPOCH_SIZE" \
+      --epochs_coarse "${CYCLE2_EPOCHS:-24}" $(resume "$EXP-cycle2")
+  BEST=exp/$EXP-cycle2/ckpts/checkpoint_best.pth
+fi
 if [ "$NAME" = stream ]; then
   # recordings of 19 steps (950 frames) cost the simulator ~4 s each on a CPU: small crops, and
   # validation files of 64x64 frames; their test split is of the same images as step 1's, so
