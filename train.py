@@ -39,7 +39,7 @@ from tqdm import tqdm
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
                      default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
-from generate_synthetic_data import DEFAULT_LIGHT, LIGHT, SimulatedStreams
+from generate_synthetic_data import DEFAULT_LIGHT, LIGHT, SimulatedStreams, read_settings, settings_path
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
                     file_sha256, load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
@@ -68,7 +68,8 @@ def build_parser():
     g.add_argument("--light", choices=sorted(LIGHT), default=DEFAULT_LIGHT,
                    help="camera of --simulate_from, as generate_synthetic_data.py's (default: "
                         f"{DEFAULT_LIGHT}): low (UHSR 250x250) or normal (Vidar 250x400, rate 0.6); it must "
-                        "match the validation files' firing rate, which is checked")
+                        "match the validation files' camera: their firing rate is checked, and their "
+                        "simulation record when they have one")
     g.add_argument("--epoch_size", type=positive_int,
                    help="items per epoch with --simulate_from (default: the number of source images)")
     g.add_argument("--augment", action="store_true",
@@ -293,6 +294,7 @@ def simulated_train_set(args, val_files, bins):
     train_set = SimulatedStreams(args.simulate_from, args.data_type, LIGHT[args.light], args.crop_size, bins,
                                  UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed)
     check_same_camera(train_set, val_files, args.light)
+    check_recorded_camera(args.data_root, args.data_type, LIGHT[args.light], args.light)
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")
@@ -352,6 +354,23 @@ def check_same_camera(train_set, val_files, light):
                          f"{simulated:.3f}, the validation files of {val_files.root} {files:.3f} - another "
                          f"camera; pass the --light they were made with (generate_synthetic_data.py --light; "
                          f"here {' or '.join(others)})")
+
+
+def check_recorded_camera(data_root, data_type, camera, light):
+    """Validation files whose simulation record names another camera than the one training
+    simulates (e.g. made before the normal-light camera got its lens) would score the network on
+    streams it is not trained for: refused, naming what differs. Folders without a record (real
+    captures) pass; check_same_camera() still compares their firing rate."""
+    recorded = (read_settings(data_root, data_type) or {}).get("camera")
+    if recorded is None:
+        return
+    current = json.loads(json.dumps(dataclasses.asdict(camera)))      # tuples as the record's lists
+    differ = [f"{k} {recorded.get(k)!r} (training: {current.get(k)!r})" for k in sorted(set(recorded) | set(current))
+              if recorded.get(k) != current.get(k)]
+    if differ:
+        raise InputError(f"{settings_path(data_root, data_type)}: the validation files were simulated with another "
+                         f"{light}-light camera: {'; '.join(differ)}; make them again with "
+                         f"generate_synthetic_data.py --light {light} (another --data_root, or --overwrite)")
 
 
 def image_paths(folder):

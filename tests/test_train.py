@@ -1,6 +1,7 @@
 """train.py end to end on tiny simulated data with the tiny CLIP (CPU)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -370,6 +371,18 @@ def test_training_on_streams_simulated_on_the_fly(tmp_path, data_root, monkeypat
     assert "simulated on the fly (normal light) from 6 images" in out      # no file shows these photos
     ckpt = load(tmp_path / "exp" / "onthefly" / "ckpts" / "checkpoint_last.pth")
     assert [h["stage"] for h in ckpt["history"]] == ["coarse", "coarse"]
+    # validation files whose record names another camera of the same light (here: no lens) are
+    # refused before training, though their firing rate is close
+    other = tmp_path / "other-camera"
+    shutil.copytree(data_root, other)
+    record = other / "U-CIFAR" / "simulation.json"
+    settings = json.loads(record.read_text())
+    settings["camera"]["lens_blur_px"] = [0.0, 0.0]
+    record.write_text(json.dumps(settings))
+    assert run(tmp_path, str(other), "othercamera", *argv, "--light", "normal") == 2
+    err = capsys.readouterr().err.strip()
+    assert str(record) in err and "lens_blur_px [0.0, 0.0] (training: [0.2, 0.8])" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "exp" / "othercamera" / "ckpts").exists()
 
 
 def test_plain_cnn_takes_one_bin_per_frame_and_a_fitted_skip(tmp_path, data_root, monkeypatch, capsys):
