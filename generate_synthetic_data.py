@@ -166,9 +166,9 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
 def lens_blur(light, sigma):
     """light float32 [F, H, W] through a Gaussian point spread of std sigma px (separable,
     reflected at the borders) -> float32 [F, H, W]."""
-    r = int(np.ceil(3 * sigma))
-    if sigma <= 0 or r == 0:
+    if sigma <= 0:
         return light
+    r = int(np.ceil(3 * sigma))
     taps = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
     taps /= taps.sum()
     x = F.pad(torch.from_numpy(np.ascontiguousarray(light, np.float32))[:, None], (r, r, r, r), mode="reflect")
@@ -713,6 +713,17 @@ def baseline_convention(rate, source):
     return f"TFP/TFI = spike count / frames / rate {rate:g} ({source}), clipped to [0, 1]"
 
 
+def changed_fields(old, new, now="now"):
+    """Where two settings records (dicts as read back from JSON) differ: ['key OLD (now NEW)']."""
+    return [f"{k} {old.get(k)!r} ({now} {new.get(k)!r})" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def camera_record(cfg):
+    """A CameraConfig as a settings record holds it (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def check_settings(data_root, data_type, settings, overwrite):
     """Before any file is written: a data folder holding files made with other settings (or with
     none recorded) is refused, or with --overwrite emptied -> how many of its files are kept."""
@@ -730,9 +741,7 @@ def check_settings(data_root, data_type, settings, overwrite):
         if old is None:
             why = f"holds {len(files)} .npz files with no {SETTINGS_FILE} (real data, or an older version's)"
         else:
-            diff = [f"{k} {old.get(k)!r} (now {settings.get(k)!r})" for k in sorted(set(old) | set(settings))
-                    if old.get(k) != settings.get(k)]
-            why = f"was simulated with other settings: {'; '.join(diff)}"
+            why = f"was simulated with other settings: {'; '.join(changed_fields(old, settings))}"
         raise InputError(f"{where} {why}; choose another --data_root, or --overwrite to replace its files")
     for path in files:
         os.remove(path)
@@ -805,7 +814,7 @@ def generate(p, args):
     source = (["source_dir", os.path.abspath(args.source_dir)] if args.source_dir else
               ["torchvision", os.path.abspath(args.torchvision)] if args.torchvision else ["builtin"])
     settings = {data_type: json.loads(json.dumps({
-        "dataset": data_type, "light": args.light, "camera": dataclasses.asdict(cfg), "frame_hw": frame_hw,
+        "dataset": data_type, "light": args.light, "camera": camera_record(cfg), "frame_hw": frame_hw,
         "num_frames": args.num_frames, "seed": args.seed, "source": source, "num_train": args.num_train,
         "num_test": args.num_test})) for data_type in data_types}          # tuples -> lists, as read back
     sources = {}

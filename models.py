@@ -683,7 +683,7 @@ def build_model(config, backend="fast"):
 # each BatchNorm into its conv and runs the convs in bfloat16, channels_last, with fp32
 # membranes and an fp32 readout, the linear skip as bf16 channels of the first conv; "int8" also
 # runs the convs that take spikes in int8. On a 2-core AVX512-BF16/VNNI CPU (normal.pth):
-# 2.9-3.5x (bf16) and 3.5-4.9x (int8) the output frames/s of fp32, within 0.012 dB PSNR on the
+# 2.9-3.5x (bf16) and 3.5-5.3x (int8) the output frames/s of fp32, within 0.012 dB PSNR on the
 # REDS pairs for both shipped daylight models (bench/cpu_inference.py, BENCHMARKS.md).
 
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
 from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
                      default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
-from generate_synthetic_data import DEFAULT_LIGHT, LIGHT, SimulatedStreams, read_settings, settings_path
+from generate_synthetic_data import (DEFAULT_LIGHT, LIGHT, SimulatedStreams, camera_record, changed_fields, read_settings,
+                                     settings_path)
 from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
                     file_sha256, load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
@@ -364,9 +365,7 @@ def check_recorded_camera(data_root, data_type, camera, light):
     recorded = (read_settings(data_root, data_type) or {}).get("camera")
     if recorded is None:
         return
-    current = json.loads(json.dumps(dataclasses.asdict(camera)))      # tuples as the record's lists
-    differ = [f"{k} {recorded.get(k)!r} (training: {current.get(k)!r})" for k in sorted(set(recorded) | set(current))
-              if recorded.get(k) != current.get(k)]
+    differ = changed_fields(recorded, camera_record(camera), now="training:")
     if differ:
         raise InputError(f"{settings_path(data_root, data_type)}: the validation files were simulated with another "
                          f"{light}-light camera: {'; '.join(differ)}; make them again with "
@@ -457,14 +456,20 @@ class StageLoss:
     def target(self, batch):
         return batch[self.args.recon_target]
 
+    def fidelity(self, out, batch):
+        """recon_weight * L1 (+ edge_weight * edge_l1) of out to the pseudo-target -> (weighted, terms)."""
+        a, target = self.args, self.target(batch)
+        terms = {"recon": F.l1_loss(out, target)}
+        total = a.recon_weight * terms["recon"]
+        if a.edge_weight:
+            terms["edge"] = edge_l1(out, target)
+            total = total + a.edge_weight * terms["edge"]
+        return total, terms
+
     def coarse(self, out, batch):
         a = self.args
         img = to_image(out)
-        terms = {"recon": F.l1_loss(out, self.target(batch))}
-        total = a.recon_weight * terms["recon"]
-        if a.edge_weight:
-            terms["edge"] = edge_l1(out, self.target(batch))
-            total = total + a.edge_weight * terms["edge"]
+        total, terms = self.fidelity(out, batch)
         if a.clip_weight:   # a CLIP forward pass costs more than the LRN's: skip it when unused
             terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
             total = total + a.clip_weight * terms["clip"]
@@ -482,11 +487,9 @@ class StageLoss:
     def fine(self, out, batch, prompt_features):
         a = self.args
         img = to_image(out)
-        terms = {"recon": F.l1_loss(out, self.target(batch)), "tv": total_variation(img)}
-        total = a.recon_weight * terms["recon"] + a.tv_weight * terms["tv"]
-        if a.edge_weight:
-            terms["edge"] = edge_l1(out, self.target(batch))
-            total = total + a.edge_weight * terms["edge"]
+        total, terms = self.fidelity(out, batch)
+        terms["tv"] = total_variation(img)
+        total = total + a.tv_weight * terms["tv"]
         if a.clip_weight:
             terms["clip"] = F.cross_entropy(self.guide.class_logits(img), batch["label"])
             total = total + a.clip_weight * terms["clip"]

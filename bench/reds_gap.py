@@ -2,8 +2,8 @@
 is run through our camera (generate_synthetic_data.simulate_spikes, normal light, a lens of
 --lens_px) static and panned rigidly by --pan_px over the 200-frame window, and scored beside the
 real stream. The step static -> pan is what motion costs the network; pan -> real is motion
-(and camera) the simulation lacks. A network with a linear skip also gets a column of the skip alone. PSNR dB
-and sharpness (mean neighbour difference relative to the ground truth's).
+(and camera) the simulation lacks. A network with a linear skip also gets a column of the skip
+alone. PSNR dB and sharpness (mean neighbour difference relative to the ground truth's).
 
     python bench/reds_gap.py --pairs ../shared/datasets/reds-base-sample --checkpoint weights/normal.pth
 """
