@@ -1,11 +1,11 @@
 """Train the reconstruction network in three CLIP-guided stages, without ground truth (SPEC §5).
 
   1. coarse:  recon_weight * L1(out, pseudo-target) + clip_weight * CE(zero-shot logits, label)
-              [+ edge_weight * L1 of neighbour differences, out against pseudo-target]
+              [+ detail_weight * L1 of the local amount of detail, out against pseudo-target]
   2. prompt:  only the quality prompts learn: prompt_weight * CE separating high-quality images
               (an unpaired bank, --hq_dir) from low-quality ones (stage-1 reconstructions, TFP, TFI)
   3. fine:    clip_weight * CE(class) + prompt_weight * CE(quality -> high) +
-              recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out) [+ edge_weight * ...]
+              recon_weight * L1(out, pseudo-target) (fidelity) + tv_weight * TV(out) [+ detail_weight * ...]
 The pseudo-target is TFI, TFP (whole window), ground truth (--recon_target gt, when the data
 has it), or the output of a frozen trained reconstructor (--recon_target teacher --teacher PATH:
 one of our checkpoints or the original SpikeCLIP LRN), which distils e.g. a CNN into the SNN.
@@ -51,6 +51,7 @@ from utils import (InputError, atomic_torch_save, atomic_write_json, check_outpu
 STAGES = ("coarse", "prompt", "fine")
 HQ_BANK_SIZE = 512   # images kept as the unpaired high-quality bank
 LOG_EVERY = 10       # steps between progress-bar / TensorBoard updates (each one syncs the GPU)
+DETAIL_CELL = 8      # px: --detail_weight compares the amount of detail per cell, not its exact place
 
 
 def build_parser():
@@ -129,10 +130,10 @@ def build_parser():
     g.add_argument("--clip_weight", type=non_negative_float, default=0.75, help="CLIP class cross-entropy (stages 1, 3)")
     g.add_argument("--prompt_weight", type=non_negative_float, default=0.75, help="quality-prompt loss (stages 2, 3)")
     g.add_argument("--tv_weight", type=non_negative_float, default=0.01, help="total variation of the output (stage 3)")
-    g.add_argument("--edge_weight", type=non_negative_float, default=0.0,
-                   help="L1 between the differences of neighbouring pixels in the output and in the pseudo-target "
-                        "(stages 1, 3, and --stateful): pixel L1 tolerates an edge smoothed where its place is "
-                        "uncertain, this term charges for it")
+    g.add_argument("--detail_weight", type=non_negative_float, default=0.0,
+                   help="L1 between the amount of detail in the output and in the pseudo-target, cell by cell "
+                        "(mean absolute neighbour difference over 8x8 px; stages 1, 3, and --stateful): pixel "
+                        "L1 answers detail whose exact place is uncertain with a blur, this term charges for it")
     g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
                    help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
     g.add_argument("--stateful", type=positive_int, metavar="K",
@@ -419,10 +420,20 @@ def total_variation(img):
     return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
 
 
-def edge_l1(out, target):
-    """--edge_weight: L1 between the vertical and the horizontal neighbour differences of out and
-    target [..., H, W] (the sharpness of metrics.neighbour_difference, compared pixel by pixel)."""
-    return (F.l1_loss(out.diff(dim=-2), target.diff(dim=-2)) + F.l1_loss(out.diff(dim=-1), target.diff(dim=-1)))
+def local_detail(img, cell=DETAIL_CELL):
+    """The amount of detail per cell: mean absolute difference of vertically and horizontally
+    neighbouring pixels (metrics.neighbour_difference, the sharpness figure) over cell x cell
+    patches. img [..., H, W] -> [N, (H-1)//cell, (W-1)//cell], N the product of the leading dims."""
+    img = img.reshape(-1, *img.shape[-2:])
+    diff = 0.5 * (img.diff(dim=-2).abs()[..., :, :-1] + img.diff(dim=-1).abs()[..., :-1, :])
+    return F.avg_pool2d(diff, min(cell, *diff.shape[-2:]))   # a crop smaller than a cell: one cell
+
+
+def detail_l1(out, target):
+    """--detail_weight: L1 between the local amount of detail of out and target [..., H, W]. It
+    asks for texture as strong as the target's where pixel L1 alone prefers a blur (fine texture
+    whose exact place the stream leaves uncertain), and leaves where it goes to pixel L1."""
+    return F.l1_loss(local_detail(out), local_detail(target))
 
 
 class Teacher:
@@ -457,13 +468,13 @@ class StageLoss:
         return batch[self.args.recon_target]
 
     def fidelity(self, out, batch):
-        """recon_weight * L1 (+ edge_weight * edge_l1) of out to the pseudo-target -> (weighted, terms)."""
+        """recon_weight * L1 (+ detail_weight * detail_l1) of out to the pseudo-target -> (weighted, terms)."""
         a, target = self.args, self.target(batch)
         terms = {"recon": F.l1_loss(out, target)}
         total = a.recon_weight * terms["recon"]
-        if a.edge_weight:
-            terms["edge"] = edge_l1(out, target)
-            total = total + a.edge_weight * terms["edge"]
+        if a.detail_weight:
+            terms["detail"] = detail_l1(out, target)
+            total = total + a.detail_weight * terms["detail"]
         return total, terms
 
     def coarse(self, out, batch):
@@ -1055,8 +1066,8 @@ def stateful_step(s, batch, optimizer=None):
     rest with probability STATEFUL_RESTART; validation (none): from rest to the end.
     Loss: recon_weight * L1 of each output frame to its clean frame, + flicker_weight * L1 of the
     change between consecutive output frames (of a chunk) to the clean frames' change,
-    + edge_weight * edge_l1 of each frame to its clean frame.
-    -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1[, "edge"]}) over the chunks."""
+    + detail_weight * detail_l1 of each frame to its clean frame.
+    -> (mean weighted loss, {"recon": mean L1, "flicker": mean change L1[, "detail"]}) over the chunks."""
     model = s.model
     voxel, gt = batch["voxel"], batch["gt"]                       # [B, steps*bins, S, S], [B, K, 1, S, S]
     b, _, h, w = voxel.shape
@@ -1074,13 +1085,13 @@ def stateful_step(s, batch, optimizer=None):
             l1 = F.l1_loss(frames, clean)
             change = (F.l1_loss(frames[1:] - frames[:-1], clean[1:] - clean[:-1]) if len(frames) > 1
                       else l1.new_zeros(()))
-            edge = edge_l1(frames, clean) if s.args.edge_weight else l1.new_zeros(())
-            weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change + s.args.edge_weight * edge
+            detail = detail_l1(frames, clean) if s.args.detail_weight else l1.new_zeros(())
+            weighted = s.args.recon_weight * l1 + s.args.flicker_weight * change + s.args.detail_weight * detail
             if optimizer is not None:
                 optimize(s, optimizer, weighted)
-            losses.append(torch.stack([weighted, l1, change, edge]).detach())
-    weighted, l1, change, edge = torch.stack(losses).mean(0)
-    return weighted, {"recon": l1, "flicker": change, **({"edge": edge} if s.args.edge_weight else {})}
+            losses.append(torch.stack([weighted, l1, change, detail]).detach())
+    weighted, l1, change, detail = torch.stack(losses).mean(0)
+    return weighted, {"recon": l1, "flicker": change, **({"detail": detail} if s.args.detail_weight else {})}
 
 
 def first_windows(loader, model):

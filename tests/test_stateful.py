@@ -138,7 +138,7 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, mon
             *TINY_TRAIN, "--simulate_from", str(photos), "--light", "normal", "--encoding", "temporal",
             "--linear_skip", "--recon_target", "gt", "--epoch_size", "8", "--epochs_coarse", "3",
             "--epochs_prompt", "0", "--epochs_fine", "0", "--stateful", "6", "--flicker_weight", "0.5",
-            "--edge_weight", "0.25"]
+            "--detail_weight", "0.25"]
     args[args.index("--random_clip_terms")] = "--clip_weight=0"
     steps = {"n": 0}
     real = train.optimize
@@ -156,8 +156,8 @@ def test_stateful_training_runs_and_its_checkpoint_streams(tmp_path, photos, mon
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["opt"]["stateful"] == 6
     assert all(np.isfinite(h["train_recon"]) for h in ckpt["history"]) and len(ckpt["history"]) == 3
-    assert all(h["train_flicker"] > 0 and h["train_edge"] > 0 for h in ckpt["history"])   # both terms scored
-    assert all(np.isclose(h["train_loss"], 1.5 * h["train_recon"] + 0.5 * h["train_flicker"] + 0.25 * h["train_edge"],
+    assert all(h["train_flicker"] > 0 and h["train_detail"] > 0 for h in ckpt["history"])   # both terms scored
+    assert all(np.isclose(h["train_loss"], 1.5 * h["train_recon"] + 0.5 * h["train_flicker"] + 0.25 * h["train_detail"],
                           rtol=1e-4) for h in ckpt["history"])
     assert ckpt["model"]["readout.weight"].abs().sum() > 0            # the spiking path was trained
     # the checkpoint streams, stateful by default

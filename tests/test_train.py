@@ -220,7 +220,7 @@ def test_each_loss_weight_scales_the_term_it_names():
 
     def total(stage, **weights):
         args = train.get_args(["--recon_weight", "1", "--clip_weight", "1", "--prompt_weight", "1", "--tv_weight", "1",
-                               "--edge_weight", "1"])
+                               "--detail_weight", "1"])
         vars(args).update(weights)
         loss = train.StageLoss(args, guide)
         if stage == "coarse":
@@ -229,9 +229,9 @@ def test_each_loss_weight_scales_the_term_it_names():
             return loss.fine(out, batch, features)
         return loss.prompt(features, out, out)
 
-    for stage, names in {"coarse": {"recon_weight": "recon", "clip_weight": "clip", "edge_weight": "edge"},
+    for stage, names in {"coarse": {"recon_weight": "recon", "clip_weight": "clip", "detail_weight": "detail"},
                          "fine": {"recon_weight": "recon", "clip_weight": "clip", "prompt_weight": "quality", "tv_weight": "tv",
-                                  "edge_weight": "edge"},
+                                  "detail_weight": "detail"},
                          "prompt": {"prompt_weight": "quality"}}.items():
         base, terms = total(stage)
         for weight, term in names.items():
@@ -239,12 +239,17 @@ def test_each_loss_weight_scales_the_term_it_names():
             torch.testing.assert_close(changed - base, 2.0 * terms[term], msg=f"{stage}: {weight}")
 
 
-def test_edge_term_charges_a_smoothed_edge_and_ignores_an_offset():
-    target = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(4, 4)      # a vertical edge [H=4, W=4]
-    smoothed = torch.tensor([[0.0, 0.5, 0.5, 1.0]]).expand(4, 4)
-    assert float(train.edge_l1(target + 0.25, target)) == 0.0         # brightness is the pixel term's
-    # horizontal differences [0, 1, 0] against [0.5, 0, 0.5]: mean 2/3; vertical ones all 0
-    assert float(train.edge_l1(smoothed, target)) == pytest.approx(2 / 3)
+def test_detail_term_charges_lost_texture_not_its_place():
+    stripes = (torch.arange(17) % 2).float().expand(17, 17)          # 1-px vertical stripes [17, 17]
+    shifted = 1.0 - stripes                                             # the same texture, moved 1 px
+    assert float(train.detail_l1(shifted, stripes)) == pytest.approx(0.0)   # pixel L1 would be 1
+    assert float(train.detail_l1(stripes + 0.25, stripes)) == pytest.approx(0.0)
+    # a uniform grey has no detail; the stripes' mean absolute neighbour difference is (1 + 0) / 2
+    assert float(train.detail_l1(torch.full_like(stripes, 0.5), stripes)) == pytest.approx(0.5)
+    # cell by cell: stripes on the left half only, against stripes on the right half only
+    left, right = stripes.clone(), stripes.clone()
+    left[:, 9:], right[:, :9] = 0.0, 0.0
+    assert float(train.detail_l1(left, right)) > 0.4 > float(train.detail_l1(left, left))
 
 
 def test_epochs_split_over_the_stages():
