@@ -200,6 +200,8 @@ def get_args(argv=None):
         p.error("--image_gate is trained with --stateful K (a frame carried from window to window); give --stateful K")
     if args.flicker_weight and not args.stateful:
         p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
+    if args.detail_weight and args.crop_size < 2:
+        p.error(f"--detail_weight compares neighbouring pixels: --crop_size {args.crop_size} has none")
     if args.init and not os.path.isfile(args.init):
         p.error(f"--init {args.init}: no such file")
     args.explicit = typed_options(p, argv)

@@ -438,6 +438,14 @@ def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
     assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
+def test_detail_term_needs_neighbouring_pixels(capsys):
+    assert train.get_args(["--detail_weight", "1", "--crop_size", "2"]).detail_weight == 1
+    with pytest.raises(SystemExit) as e:
+        train.get_args(["--detail_weight", "1", "--crop_size", "1"])
+    assert e.value.code == 2 and "--crop_size 1" in capsys.readouterr().err
+    assert float(train.detail_l1(torch.rand(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))) > 0   # one 1x1 cell
+
+
 def test_bins_is_the_direct_voxel_and_temporal_encoding_keeps_its_own(capsys):
     assert train.get_args(["--bins", "200"]).bins == 200
     with pytest.raises(SystemExit) as e:
