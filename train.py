@@ -728,6 +728,7 @@ class Setup:
 # --resume: options that say how to run, and the schedule, may change; nothing else may.
 RUN_OPTIONS = ("data_root", "num_workers", "device", "backend", "no_amp", "compile", "cache",
                "exp_root", "exp_name", "resume", "results_file")
+RUN_RECORD_KEYS = {"explicit", "run_id", "stage_epochs"}   # saved with the options, not options
 SCHEDULE_OPTIONS = ("epochs", "epochs_coarse", "epochs_prompt", "epochs_fine", "early_stop", "patience")
 STAGE_EPOCH_OPTIONS = ("epochs_coarse", "epochs_prompt", "epochs_fine")
 
@@ -751,6 +752,13 @@ def start_or_resume(args, folder, device, is_main):
     if args.resume:
         run = folder.load_run()
         saved, defaults = run["opt"], build_parser()
+        # an option the run used that this train.py no longer has (e.g. --edge_weight, replaced
+        # by --detail_weight) cannot go on acting: refused, never ignored
+        retired = [k for k in set(saved) - set(vars(defaults.parse_args([]))) - RUN_RECORD_KEYS if saved[k]]
+        if retired:
+            raise InputError(f"{folder.last}: the run was started with "
+                             + ", ".join(f"--{k} {saved[k]}" for k in sorted(retired))
+                             + ", which this train.py no longer has: start a new --exp_name instead")
         differ = [k for k in typed if k not in RUN_OPTIONS + SCHEDULE_OPTIONS
                   and getattr(args, k) != saved.get(k, defaults.get_default(k))]
         if differ:

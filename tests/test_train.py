@@ -151,6 +151,27 @@ def test_resume_applies_or_refuses_typed_options_never_ignores_them(tmp_path, da
     assert [len(r["train"]["history"]) for r in records] == [5, 6]      # each finished session records
 
 
+def test_a_run_using_a_retired_option_is_not_resumed_without_it(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = interrupted_run(tmp_path, data_root, monkeypatch, "old", "--epochs", "3")
+
+    def started_with(**options):     # as if the run had been started by an older train.py
+        ckpt = load(folder / "ckpts" / "checkpoint_last.pth")
+        ckpt["opt"].update(options)
+        torch.save(ckpt, folder / "ckpts" / "checkpoint_last.pth")
+        opt = json.loads((folder / "opt.json").read_text())
+        opt["opt"].update(options)
+        (folder / "opt.json").write_text(json.dumps(opt))
+
+    started_with(edge_weight=0.5)
+    capsys.readouterr()
+    assert run(tmp_path, data_root, "old", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--edge_weight 0.5" in err[0] and "no longer has" in err[0]
+    started_with(edge_weight=0.0)    # an option that had no effect does not stand in the way
+    assert run(tmp_path, data_root, "old", "--resume") == 0
+
+
 def test_a_checkpoint_from_another_run_folder_is_refused(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     snn = interrupted_run(tmp_path, data_root, monkeypatch, "snn", "--epochs", "3")
