@@ -133,8 +133,8 @@ def build_parser():
     g.add_argument("--detail_weight", type=non_negative_float, default=0.0,
                    help="L1 between the amount of detail in the output and in the pseudo-target, cell by cell "
                         f"(mean absolute neighbour difference over {DETAIL_CELL}x{DETAIL_CELL} px; stages 1, 3, and "
-                        "--stateful): pixel "
-                        "L1 answers detail whose exact place is uncertain with a blur, this term charges for it")
+                        "--stateful): pixel L1 answers detail whose exact place is uncertain with a blur, this term "
+                        "charges for it")
     g.add_argument("--recon_target", choices=["tfi", "tfp", "gt", "teacher"], default="tfi",
                    help="pseudo-target of the L1 term (stages 1 and 3); teacher: the output of --teacher")
     g.add_argument("--stateful", type=positive_int, metavar="K",
