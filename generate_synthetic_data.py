@@ -295,11 +295,32 @@ def photo_texture(img, rng, scale, box=None, cover=(1, 1)):
     return np.stack([np.clip(grey, 0, 1), alpha])
 
 
-def random_scene(photos, size, cfg, rng):
+def lattice_texture(h, w, rng):
+    """A thin-line lattice (a fence, a scaffold, a roller coaster's frame) filling a random
+    shape of an h x w box -> texture [2, h, w]: 1-3 families of parallel lines 0.8-2.2 px wide
+    every 3-12 px, at random angles, bright or dark; alpha is the lines' coverage (what lies
+    between them shows the layers behind), anti-aliased."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    cover = np.zeros((h, w), np.float32)
+    angle = rng.uniform(0, np.pi)
+    for _ in range(int(rng.integers(1, 4))):
+        period, width = rng.uniform(3, 12), rng.uniform(0.8, 2.2)
+        across = xx * np.cos(angle) + yy * np.sin(angle) + rng.uniform(0, period)
+        dist = np.abs((across + period / 2) % period - period / 2)          # px to the nearest line
+        cover = np.maximum(cover, np.clip(width / 2 - dist + 0.5, 0, 1))   # box-filtered line edge
+        angle += rng.uniform(np.pi / 6, np.pi / 2)
+    tone = rng.uniform(0.55, 1.0) if rng.random() < 0.6 else rng.uniform(0.0, 0.3)
+    grey = np.clip(tone + 0.05 * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+    return np.stack([grey, cover * random_shape_mask(h, w, rng)]).astype(np.float32)
+
+
+def random_scene(photos, size, cfg, rng, lattices=0.0):
     """A video-like scene for a view of `size` (h, w) -> [Layer], back to front.
 
     photos: PIL images; photos[0] is the background, one more per cut-out. Speeds are given
-    per 200 frames in cfg (the networks' window) and stored per frame."""
+    per 200 frames in cfg (the networks' window) and stored per frame. lattices: probability
+    of a thin-line lattice in front of them all, on its own path (no draw when 0, so scenes
+    without stay as they were)."""
     h, w = size
     gain = rng.uniform(*cfg.brightness)
     turn = np.deg2rad(cfg.rotation_deg) / 200.0
@@ -308,6 +329,11 @@ def random_scene(photos, size, cfg, rng):
         direction = rng.uniform(0, 2 * np.pi)
         speed = rng.uniform(*px_range) / 200.0
         return np.array([np.cos(direction), np.sin(direction)]) * speed
+
+    def cutout(tex):     # a layer on its own path, turning and zooming
+        return Layer(tex, np.array([rng.uniform(0, w), rng.uniform(0, h)]), motion(cfg.layer_px),
+                     rng.uniform(0, 2 * np.pi), rng.uniform(-1, 1) * turn,
+                     rng.uniform(-1, 1) * np.log1p(cfg.zoom) / 200.0)
 
     # the background covers the view (reflected beyond it as it moves); at native resolution
     # when the photo is big enough, as on the training crops
@@ -323,9 +349,12 @@ def random_scene(photos, size, cfg, rng):
         tex = photo_texture(photo, rng, rng.uniform(*cfg.photo_scale), box)
         tex[0] *= gain * rng.uniform(0.6, 1.4)
         tex[0] = np.clip(tex[0], 0, 1)
-        layers.append(Layer(tex, np.array([rng.uniform(0, w), rng.uniform(0, h)]), motion(cfg.layer_px),
-                            rng.uniform(0, 2 * np.pi), rng.uniform(-1, 1) * turn,
-                            rng.uniform(-1, 1) * np.log1p(cfg.zoom) / 200.0))
+        layers.append(cutout(tex))
+    if lattices > 0 and rng.random() < lattices:
+        box = [max(8, int(rng.uniform(0.5, 1.0) * min(h, w))) for _ in range(2)]
+        tex = lattice_texture(*box, rng)
+        tex[0] *= gain
+        layers.append(cutout(tex))
     return layers
 
 
@@ -527,11 +556,12 @@ class SimulatedStreams(torch.utils.data.Dataset):
     the validation and test files were made from; `only`: if given, the label_name values whose
     images alone are used (e.g. to simulate validation recordings of the validation files' photos).
     `length`: items per epoch. `sensor`: the sensor's split (make_sensor): by default one of its
-    own, so the validation/test files' fixed pattern is never trained on.
+    own, so the validation/test files' fixed pattern is never trained on. `lattices`: layered
+    scenes only, the probability of a thin-line lattice in front (random_scene).
     """
 
     def __init__(self, source_dir, data_type, cfg, crop_size, bins, num_frames=200, exclude=(),
-                 length=None, seed=0, only=None, sensor="on_the_fly"):
+                 length=None, seed=0, only=None, sensor="on_the_fly", lattices=0.0):
         names = CLASS_NAMES[data_type]
         exclude = set(exclude)
         self.images = [(label, path) for label, refs in sorted(folder_source(source_dir, data_type).items())
@@ -540,7 +570,9 @@ class SimulatedStreams(torch.utils.data.Dataset):
         if not self.images:
             raise InputError(f"{source_dir}: no images left for training after excluding the "
                              f"{len(exclude)} used by the validation/test files")
-        self.data_type, self.class_names, self.cfg = data_type, names, cfg
+        if lattices and cfg.layers is None:
+            raise InputError("lattices are layers of a layered scene; this camera drifts one photograph")
+        self.data_type, self.class_names, self.cfg, self.lattices = data_type, names, cfg, lattices
         self.crop_size, self.bins, self.num_frames = crop_size, bins, num_frames
         self.length = length or len(self.images)
         self.sensor = make_sensor(cfg, cfg.frame_hw, seed, sensor)
@@ -586,7 +618,7 @@ class SimulatedStreams(torch.utils.data.Dataset):
             for path in paths:
                 with Image.open(path) as img:
                     photos.append(img.convert("L"))
-            layers = random_scene(photos, (s, s), cfg, rng)
+            layers = random_scene(photos, (s, s), cfg, rng, self.lattices)
             spk, gt = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, (s, s), gt_frames)
         # a random flip and 90-degree turn (also of the motion's direction), from rng so that a
         # capture is a function of rng

@@ -72,6 +72,10 @@ def build_parser():
                         f"{DEFAULT_LIGHT}): low (UHSR 250x250) or normal (Vidar 250x400, rate 0.6); it must "
                         "match the validation files' camera: their firing rate is checked, and their "
                         "simulation record when they have one")
+    g.add_argument("--lattices", type=unit_interval, default=0.0, metavar="P",
+                   help="with --simulate_from --light normal: probability that a training scene gets a thin-line "
+                        "lattice (a fence, a scaffold) in front of its photos, on its own path; the validation "
+                        "files stay as they were made (default 0: photos only)")
     g.add_argument("--epoch_size", type=positive_int,
                    help="items per epoch with --simulate_from (default: the number of source images)")
     g.add_argument("--augment", action="store_true",
@@ -201,6 +205,9 @@ def get_args(argv=None):
         p.error("--image_gate is trained with --stateful K (a frame carried from window to window); give --stateful K")
     if args.flicker_weight and not args.stateful:
         p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
+    if args.lattices and not (args.simulate_from and LIGHT[args.light].layers):
+        p.error(f"--lattices {args.lattices:g}: lattices are layers of the scenes --simulate_from makes with a "
+                "layered camera (--light normal)")
     if args.detail_weight and args.crop_size < 2:
         p.error(f"--detail_weight compares neighbouring pixels: --crop_size {args.crop_size} has none")
     if args.init and not os.path.isfile(args.init):
@@ -297,7 +304,7 @@ def simulated_train_set(args, val_files, bins):
     if os.path.isdir(test_dir):
         used |= {load_label_name(os.path.join(test_dir, f)) for f in os.listdir(test_dir) if f.endswith(".npz")}
     train_set = SimulatedStreams(args.simulate_from, args.data_type, LIGHT[args.light], args.crop_size, bins,
-                                 UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed)
+                                 UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed, lattices=args.lattices)
     check_same_camera(train_set, val_files, args.light)
     check_recorded_camera(args.data_root, args.data_type, LIGHT[args.light], args.light)
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "

@@ -546,3 +546,30 @@ def test_capture_renders_the_clean_frame_at_each_requested_instant(tmp_path):
     assert np.abs(gt[0].astype(int) - gt[2]).mean() > 2
     _, centre, _ = ds.capture(np.random.default_rng(3), 200)
     np.testing.assert_array_equal(centre[0], gt[1])
+
+
+def test_a_lattice_is_thin_lines_whose_gaps_show_the_layers_behind():
+    tex = gen.lattice_texture(48, 40, np.random.default_rng(0))
+    assert tex.shape == (2, 48, 40) and tex.dtype == np.float32
+    assert 0 <= tex.min() and tex.max() <= 1
+    alpha = tex[1]
+    assert (alpha > 0.5).mean() > 0.03 and (alpha < 0.01).mean() > 0.2        # lines, and gaps between them
+    assert metrics.neighbour_difference(alpha) > 0.05                          # thin: edges everywhere (~0.1)
+
+
+def test_lattices_are_a_layer_in_front_drawn_only_when_asked(tmp_path):
+    photos = [gen.procedural_image(k, np.random.default_rng(k), 96) for k in range(2)]
+    cfg = gen.LIGHT["normal"]
+    without = gen.random_scene(photos, (32, 32), cfg, np.random.default_rng(5))
+    never = gen.random_scene(photos, (32, 32), cfg, np.random.default_rng(5), lattices=0.0)
+    always = gen.random_scene(photos, (32, 32), cfg, np.random.default_rng(5), lattices=1.0)
+    assert len(never) == len(without) == 2 and len(always) == 3
+    for a, b, c in zip(without, never, always):                 # the photos' layers are drawn as before
+        np.testing.assert_array_equal(a.texture, b.texture)
+        np.testing.assert_array_equal(a.texture, c.texture)
+    assert (always[-1].texture[1] < 0.01).mean() > 0.2          # the lattice, in front, partly transparent
+    for cls in ("frog", "horse"):
+        (tmp_path / cls).mkdir()
+        photos[cls == "horse"].save(tmp_path / cls / "0.png")
+    with pytest.raises(InputError, match="layered"):
+        gen.SimulatedStreams(str(tmp_path), "CIFAR", gen.LIGHT["low"], 16, 50, lattices=0.5)

@@ -452,7 +452,7 @@ def test_linear_skip_starts_from_the_least_squares_image(data_root):
                                         ("--beta", "1.5"), ("--threshold", "0"), ("--val_fraction", "0"),
                                         ("--val_fraction", "1"), ("--num_workers", "-1"), ("--patience", "0"),
                                         ("--dataset", "mnist"), ("--epochs_fine", "-1"), ("--bins", "0"),
-                                        ("--bins", "30")])
+                                        ("--bins", "30"), ("--lattices", "1.5"), ("--lattices", "-0.1")])
 def test_nonsensical_flags_are_refused_when_parsed(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         train.get_args([flag, value])
@@ -465,6 +465,15 @@ def test_detail_term_needs_neighbouring_pixels(capsys):
         train.get_args(["--detail_weight", "1", "--crop_size", "1"])
     assert e.value.code == 2 and "--crop_size 1" in capsys.readouterr().err
     assert float(train.detail_l1(torch.rand(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))) > 0   # one 1x1 cell
+
+
+def test_lattices_need_layered_scenes_simulated_on_the_fly(tmp_path, capsys):
+    assert train.get_args(["--lattices", "0.5", "--simulate_from", str(tmp_path), "--light", "normal"]).lattices == 0.5
+    for argv in (["--lattices", "0.5"], ["--lattices", "0.5", "--simulate_from", str(tmp_path), "--light", "low"]):
+        with pytest.raises(SystemExit) as e:
+            train.get_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--lattices 0.5" in err and "--light normal" in err
 
 
 def test_bins_is_the_direct_voxel_and_temporal_encoding_keeps_its_own(capsys):
