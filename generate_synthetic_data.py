@@ -310,7 +310,7 @@ def lattice_texture(h, w, rng):
         cover = np.maximum(cover, np.clip(width / 2 - dist + 0.5, 0, 1))   # box-filtered line edge
         angle += rng.uniform(np.pi / 6, np.pi / 2)
     tone = rng.uniform(0.55, 1.0) if rng.random() < 0.6 else rng.uniform(0.0, 0.3)
-    grey = np.clip(tone + 0.05 * rng.standard_normal((h, w)), 0, 1).astype(np.float32)
+    grey = np.clip(tone + 0.05 * rng.standard_normal((h, w)), 0, 1)
     return np.stack([grey, cover * random_shape_mask(h, w, rng)]).astype(np.float32)
 
 
