@@ -203,9 +203,9 @@ def _open_npz(path):
     return np.load(path, allow_pickle=False)
 
 
-def check_archives(files):
-    """Before the long work: every .npz is a whole zip archive holding 'spk' and 'label'. Cheap
-    (each file's zip directory, at its end, ~0.1 ms); a truncated file has lost its directory.
+def check_archives(files, keys=("spk", "label")):
+    """Before the long work: every .npz is a whole zip archive holding `keys`. Cheap (each
+    file's zip directory, at its end, ~0.1 ms); a truncated file has lost its directory.
     SpikeDataError naming the first bad file."""
     for path in files:
         try:
@@ -214,15 +214,17 @@ def check_archives(files):
                 names = set(archive.namelist())
         except (OSError, zipfile.BadZipFile) as e:
             raise SpikeDataError(f"{path}: unreadable or truncated .npz ({e.strerror if isinstance(e, OSError) else e})") from None
-        missing = [key for key in ("spk", "label") if f"{key}.npy" not in names]
+        missing = [key for key in keys if f"{key}.npy" not in names]
         if missing:
             raise SpikeDataError(f"{path}: missing key '{missing[0]}' (has {sorted(n[:-4] for n in names)})")
 
 
-def load_npz(path, num_classes=None, with_gt=False):
+def load_npz(path, num_classes=None, with_gt=False, with_lens=False):
     """Read a UHSR-style sample -> (spk uint8 [T,H,W], label int, label_name str | None).
 
-    With with_gt=True a fourth item is returned: the clean grey image uint8 [H, W] or None.
+    With with_gt=True a fourth item is returned: the clean grey image uint8 [H, W] or None;
+    with with_lens also a fifth: the lens blur std (px) of a simulated capture, or None (the
+    file does not say: a real capture, or one simulated before the files stored it).
     """
     try:
         with _open_npz(path) as f:
@@ -234,6 +236,7 @@ def load_npz(path, num_classes=None, with_gt=False):
             label_arr = f["label"]
             label_name = str(f["label_name"]) if "label_name" in keys else None
             gt = f["gt"] if with_gt and "gt" in keys else None
+            lens_px = f["lens_px"] if with_lens and "lens_px" in keys else None
     except SpikeDataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
@@ -244,8 +247,12 @@ def load_npz(path, num_classes=None, with_gt=False):
     label = int(label_arr.reshape(()))
     if label < 0 or (num_classes is not None and label >= num_classes):
         raise SpikeDataError(f"{path}: label {label} out of range [0, {num_classes})")
+    if lens_px is not None:
+        if lens_px.size != 1 or lens_px.dtype.kind != "f" or not 0 <= float(lens_px) < 100:
+            raise SpikeDataError(f"{path}: 'lens_px' must be one blur std in px, got {lens_px.dtype} {lens_px.shape}")
+        lens_px = float(lens_px)
     if not with_gt:
-        return spk, label, label_name
+        return (spk, label, label_name, lens_px) if with_lens else (spk, label, label_name)
     if gt is not None:
         gt = np.asarray(gt)
         if gt.ndim == 3 and gt.shape[-1] in (1, 3):      # HWC colour -> grey
@@ -255,7 +262,7 @@ def load_npz(path, num_classes=None, with_gt=False):
         if gt.dtype != np.uint8:
             gt = np.clip(np.round(gt.astype(np.float32) * (255.0 if gt.max() <= 1 else 1.0)), 0, 255)
             gt = gt.astype(np.uint8)
-    return spk, label, label_name, gt
+    return (spk, label, label_name, gt, lens_px) if with_lens else (spk, label, label_name, gt)
 
 
 def center_crop(x, size, path="<array>"):
@@ -397,13 +404,13 @@ def numeric_sort_key(filename):
 #   record:  TFI intervals uint16 [H, W] | gt uint8 [H, W] (zeros if none) |
 #            frames packed along time, pack_frames(): uint8 [ceil(num_frames / 8), H, W]
 # The footer names every source file with its size and mtime (a Dataset whose files are not all
-# in it unchanged finds it stale) and holds each record's label and crc32 (checked when the cache
-# is opened). Packing along time lets voxelize_packed() bin without unpacking. The magic at both
+# in it unchanged finds it stale) and holds each record's label, lens blur (or null) and crc32
+# (checked when the cache is opened). Packing along time lets voxelize_packed() bin without unpacking. The magic at both
 # ends marks the file as ours: train.py --cache rebuilds only a file of ours (stale, damaged or of
 # other settings), never another file that happens to be at that path.
 
 CACHE_MAGIC = b"SPKCACHE"
-CACHE_VERSION = 2
+CACHE_VERSION = 3     # 3: each record's lens_px
 _CACHE_TRAILER = struct.Struct("<8sQI")     # magic, footer length, crc32 of the footer
 
 
@@ -430,13 +437,14 @@ def _source_stamps(files, cache_path):
 
 
 def _encode_sample(path, num_frames, num_classes):
-    """One .npz -> (cache record bytes, label, has gt, frame shape); runs in a worker process."""
-    spk, label, _, gt = load_npz(path, num_classes=num_classes, with_gt=True)
+    """One .npz -> (cache record bytes, label, has gt, lens_px or None, frame shape); runs in a
+    worker process."""
+    spk, label, _, gt, lens_px = load_npz(path, num_classes=num_classes, with_gt=True, with_lens=True)
     spk = center_window(spk, num_frames, path)
     gt_plane = np.zeros(spk.shape[1:], np.uint8) if gt is None else gt
     record = b"".join([tfi_interval(spk).astype("<u2").tobytes(), gt_plane.tobytes(),
                        pack_frames(spk).tobytes()])
-    return record, label, gt is not None, spk.shape[1:]
+    return record, label, gt is not None, lens_px, spk.shape[1:]
 
 
 def build_cache(cache_path, files, num_frames, num_classes, processes=None):
@@ -450,11 +458,11 @@ def build_cache(cache_path, files, num_frames, num_classes, processes=None):
 
     def write(f):
         f.write(CACHE_MAGIC)
-        labels, has_gt, crcs, shape = [], [], [], None
+        labels, has_gt, lenses, crcs, shape = [], [], [], [], None
         pool = multiprocessing.Pool(processes) if processes > 1 else None
         try:
             records = pool.imap(encode, files) if pool else map(encode, files)
-            for path, (record, label, gt_present, frame_shape) in zip(files, records):
+            for path, (record, label, gt_present, lens_px, frame_shape) in zip(files, records):
                 shape = shape or frame_shape
                 if frame_shape != shape:
                     raise CacheError(f"{path}: frames are {frame_shape[0]}x{frame_shape[1]}, the files "
@@ -462,6 +470,7 @@ def build_cache(cache_path, files, num_frames, num_classes, processes=None):
                 f.write(record)
                 labels.append(label)
                 has_gt.append(gt_present)
+                lenses.append(lens_px)
                 crcs.append(zlib.crc32(record))
         finally:
             if pool:
@@ -469,7 +478,7 @@ def build_cache(cache_path, files, num_frames, num_classes, processes=None):
         footer = json.dumps({
             "version": CACHE_VERSION, "num_frames": num_frames, "num_classes": num_classes,
             "height": shape[0], "width": shape[1], "record_bytes": len(record),
-            "sources": stamps, "labels": labels, "has_gt": has_gt, "crc32": crcs}).encode()
+            "sources": stamps, "labels": labels, "has_gt": has_gt, "lens_px": lenses, "crc32": crcs}).encode()
         f.write(footer)
         f.write(_CACHE_TRAILER.pack(CACHE_MAGIC, len(footer), zlib.crc32(footer)))
 
@@ -556,7 +565,7 @@ class SpikeCache:
         self.record_of = [cached[stamp[0]][0] for stamp in current]   # files[i] -> its record
         self.path, self.files, self.num_frames = path, list(files), num_frames
         self.height, self.width, self.record_bytes = meta["height"], meta["width"], meta["record_bytes"]
-        self.labels, self.has_gt = meta["labels"], meta["has_gt"]
+        self.labels, self.has_gt, self.lens_px = meta["labels"], meta["has_gt"], meta["lens_px"]
         self._records = None    # uint8 [N, record_bytes], memory-mapped on first read in each process
         self._verify(meta["crc32"])
 
@@ -585,14 +594,15 @@ class SpikeCache:
 
     def read(self, i):
         """Sample i, whole frames -> (packed frames uint8 [ceil(num_frames / 8), H, W] as
-        pack_frames() makes them, TFI intervals uint16 [H, W], label, gt uint8 [H, W] or None)."""
+        pack_frames() makes them, TFI intervals uint16 [H, W], label, gt uint8 [H, W] or None,
+        lens_px or None)."""
         r = self.record_of[i]
         record = self._map()[r]
         h, w = self.height, self.width
         interval = record[:2 * h * w].view("<u2").reshape(h, w)
         gt = record[2 * h * w:3 * h * w].reshape(h, w) if self.has_gt[r] else None
         packed = record[3 * h * w:].reshape(-1, h, w)
-        return packed, interval, self.labels[r], gt
+        return packed, interval, self.labels[r], gt, self.lens_px[r]
 
 
 class UHSRDataset(Dataset):
@@ -606,6 +616,8 @@ class UHSRDataset(Dataset):
       has_gt  bool
       tfp, tfi float32 [1, S, S]    baselines / pseudo-targets (only with with_baselines=True)
       index   int                   the file's numeric index
+      lens_px float32 scalar        the capture's lens blur std in px (simulated files that store
+                                    it); NaN when unknown
     `bins` is 50 for direct encoding; temporal encoding with T steps asks for 50*T bins.
     `rate`: the camera's firing rate of a white pixel, when known (simulated data): TFP/TFI are
     then intensity estimates count / frames / rate; without it (real captures) they are
@@ -665,14 +677,15 @@ class UHSRDataset(Dataset):
         path = self.files[i]
         index = numeric_sort_key(path)[1]
         if self.cache is None:
-            spk, label, _, gt = load_npz(path, num_classes=len(self.class_names), with_gt=True)
+            spk, label, _, gt, lens_px = load_npz(path, len(self.class_names), with_gt=True, with_lens=True)
             spk, gt = self.view([center_window(spk, self.num_frames, path), gt], path)
-            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index, self.rate)
-        packed, intervals, label, gt = self.cache.read(i)
+            return make_item(spk, gt, label, self.class_names, self.bins, self.with_baselines, index, self.rate,
+                             lens_px)
+        packed, intervals, label, gt, lens_px = self.cache.read(i)
         packed, gt, intervals = self.view([packed, gt, intervals], path)
         voxel = voxelize_packed(packed, self.bins, self.num_frames)
         return item_from_voxel(voxel, self.num_frames, gt, label, self.class_names, index,
-                               intervals if self.with_baselines else None, self.rate)
+                               intervals if self.with_baselines else None, self.rate, lens_px)
 
     def view(self, arrays, path):
         """The crop of arrays [..., H, W] (None stays None) the model sees: the centre, or with
@@ -682,17 +695,20 @@ class UHSRDataset(Dataset):
         return [None if x is None else center_crop(x, self.crop_size, path) for x in arrays]
 
 
-def make_item(spk, gt, label, class_names, bins, with_baselines, index, rate=None):
+def make_item(spk, gt, label, class_names, bins, with_baselines, index, rate=None, lens_px=None):
     """One training/evaluation sample from spikes [T, S, S] and gt uint8 [S, S] (or None);
     the dict UHSRDataset documents."""
     return item_from_voxel(voxelize(spk, bins, np.uint8), len(spk), gt, label, class_names, index,
-                           tfi_interval(spk) if with_baselines else None, rate)
+                           tfi_interval(spk) if with_baselines else None, rate, lens_px)
 
 
-def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None, rate=None):
+def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_intervals=None, rate=None,
+                    lens_px=None):
     """make_item() from the voxel uint8 [bins, S, S] of num_frames frames; with the per-pixel
     TFI intervals [S, S] (utils.tfi_interval) also the TFP/TFI targets, both over all frames
-    (divided by `rate` when it is given, else normalised)."""
+    (divided by `rate` when it is given, else normalised). lens_px: the capture's lens blur std
+    (px), None when unknown (stored as NaN, which a --lens_input network reads as its reference
+    lens)."""
     s = voxel.shape[-1]
     item = {
         "voxel": torch.from_numpy(voxel),
@@ -702,6 +718,7 @@ def item_from_voxel(voxel, num_frames, gt, label, class_names, index, tfi_interv
         "index": index,
         "gt": (torch.zeros(1, s, s) if gt is None
                else torch.from_numpy(gt.astype(np.float32) / 255.0)[None]),
+        "lens_px": torch.tensor(float("nan") if lens_px is None else lens_px, dtype=torch.float32),
     }
     if tfi_intervals is not None:
         item["tfp"] = torch.from_numpy(tfp_from_counts(voxel.sum(0, dtype=np.uint16), num_frames, rate))[None]

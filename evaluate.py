@@ -160,7 +160,7 @@ def evaluate(args):
         for batch in tqdm(loader, desc=f"evaluate {data_type}/{args.split}"):
             voxel = batch["voxel"].to(device, non_blocking=True).float()
             labels = batch["label"].to(device)
-            images, rates = network_images(model, config, voxel)
+            images, rates = network_images(model, config, voxel, batch["lens_px"].to(device))
             images.update(tfp=batch["tfp"].to(device).clamp(0, 1), tfi=batch["tfi"].to(device).clamp(0, 1))
             rate_sum = rates.float() if rate_sum is None else rate_sum + rates.float()
             n_batches += 1
@@ -227,10 +227,11 @@ def evaluate(args):
     return 0
 
 
-def network_images(model, config, voxel):
+def network_images(model, config, voxel, lens_px=None):
     """voxel [B, C, H, W] -> ({method: image [B, 1, H, W] as scored}, firing rates): the network's
-    output (scored_image) and, for a checkpoint with a linear skip, that skip alone (to_image)."""
-    out, rates = model(voxel, return_rates=True)
+    output (scored_image) and, for a checkpoint with a linear skip, that skip alone (to_image).
+    lens_px [B]: each capture's lens blur (NaN: unknown), read by a network with a lens input."""
+    out, rates = model(voxel, return_rates=True, lens_px=lens_px)
     images = {config["arch"]: scored_image(config, out.float())}
     if has_linear_path(model):
         images[LINEAR] = to_image(model.linear_path(voxel).float())

@@ -17,7 +17,8 @@ the seed and the split, shared by every sample of that split.
 
 Output: `<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` with `spk` uint8 [T,250,250],
 `label` int64, `label_name` (the source file, as in UHSR) and `gt` uint8 [250,250], the clean
-centre frame. Train files are numbered 0..N-1 and test files continue from N (as U-CALTECH).
+centre frame; with a camera that has a lens (normal light) also `lens_px` float32, the capture's
+lens blur std in px (what train.py --lens_input tells the network). Train files are numbered 0..N-1 and test files continue from N (as U-CALTECH).
 `<data_root>/U-<type>/simulation.json` records the settings the files were made with (camera,
 light, frames, seed, source, counts): a rerun with the same settings completes an interrupted
 one, a rerun with other settings is refused unless --overwrite (which replaces the files).
@@ -142,11 +143,12 @@ def shot_noise(photo_signal, photons_per_threshold, rng):
     return (rng.poisson(photo_signal * q) / q).astype(np.float32)
 
 
-def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAME_SIZE)):
+def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAME_SIZE), with_lens=False):
     """Run the camera over an image drifting along a straight path (UHSR-like motion).
 
     canvas: float32 [H+2m, W+2m] grey image in [0,1] with a margin m for the motion.
-    Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame).
+    Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame), with_lens
+    also the capture's lens blur std in px (0 without a lens).
     """
     margin = min(canvas.shape[0] - size[0], canvas.shape[1] - size[1]) // 2
     # straight drift through the centre of the stream, plus a little jitter
@@ -158,9 +160,9 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
     dy = np.clip(dy, -(margin - 1), margin - 1)
     dx = np.clip(dx, -(margin - 1), margin - 1)
     light = np.stack([translate(canvas, dy[f], dx[f], size) for f in range(num_frames)])
-    spk = camera(light, cfg, sensor, rng)
-    gt = translate(canvas, 0.0, 0.0, size)
-    return spk, to_uint8(gt)
+    spk, lens_px = camera(light, cfg, sensor, rng)
+    gt = to_uint8(translate(canvas, 0.0, 0.0, size))
+    return (spk, gt, lens_px) if with_lens else (spk, gt)
 
 
 def lens_blur(light, sigma):
@@ -177,12 +179,15 @@ def lens_blur(light, sigma):
 
 
 def camera(light, cfg, sensor, rng):
-    """The integrate-and-fire camera: light float32 [F, H, W] (grey in [0,1]) -> spikes uint8
-    [F, H, W]. The lens blurs the light (cfg.lens_blur_px; no draw from rng when it is off, so
-    such a camera's captures stay as they were), the noise of every frame is drawn at once
-    (vectorised), then the sequential integrate-and-fire walks the frames."""
+    """The integrate-and-fire camera: light float32 [F, H, W] (grey in [0,1]) -> (spikes uint8
+    [F, H, W], the lens blur std drawn for this capture in px). The lens blurs the light
+    (cfg.lens_blur_px; no draw from rng when it is off, so such a camera's captures stay as they
+    were), the noise of every frame is drawn at once (vectorised), then the sequential
+    integrate-and-fire walks the frames."""
+    lens_px = 0.0
     if cfg.lens_blur_px[1] > 0:
-        light = lens_blur(light, rng.uniform(*cfg.lens_blur_px))
+        lens_px = float(rng.uniform(*cfg.lens_blur_px))
+        light = lens_blur(light, lens_px)
     threshold, dark = sensor
     signal = light * np.float32(cfg.rate)
     if cfg.photons_per_threshold > 0:
@@ -199,7 +204,7 @@ def camera(light, cfg, sensor, rng):
         fired = acc >= theta[f]
         spk[f] = fired
         acc -= fired * theta[f]
-    return spk
+    return spk, lens_px
 
 
 def to_uint8(img):
@@ -358,20 +363,21 @@ def random_scene(photos, size, cfg, rng, lattices=0.0):
     return layers
 
 
-def simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, size, gt_frames=None):
+def simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, size, gt_frames=None, with_lens=False):
     """Run the camera over a layered scene for num_frames frames.
 
     Returns (spk uint8 [num_frames, H, W], gt uint8 [len(gt_frames), H, W]): the clean scene at
-    the (possibly fractional) frame instants gt_frames, default the centre instant."""
+    the (possibly fractional) frame instants gt_frames, default the centre instant; with_lens
+    also the capture's lens blur std in px (0 without a lens)."""
     t0 = (num_frames - 1) / 2
     gt_frames = [t0] if gt_frames is None else list(gt_frames)
     jitter = cfg.jitter_px * rng.standard_normal((num_frames, 2)).astype(np.float32)
     chunk = max(1, 2_000_000 // (size[0] * size[1]))        # bounded memory on full frames
     light = np.concatenate([render_layers(layers, np.arange(f, min(f + chunk, num_frames)), size, t0,
                                           jitter[f:f + chunk]) for f in range(0, num_frames, chunk)])
-    spk = camera(light, cfg, sensor, rng)
-    gt = render_layers(layers, gt_frames, size, t0)
-    return spk, to_uint8(gt)
+    spk, lens_px = camera(light, cfg, sensor, rng)
+    gt = to_uint8(render_layers(layers, gt_frames, size, t0))
+    return (spk, gt, lens_px) if with_lens else (spk, gt)
 
 
 def image_to_canvas(img, size=FRAME_SIZE, margin=8):
@@ -587,15 +593,16 @@ class SimulatedStreams(torch.utils.data.Dataset):
     def __getitem__(self, i):
         # torch's RNG is seeded per DataLoader worker, so workers draw different captures
         rng = np.random.default_rng(int(torch.randint(2 ** 62, ())))
-        spk, gt, label = self.capture(rng, self.num_frames)
-        return make_item(spk, gt[0], label, self.class_names, self.bins, True, -1)
+        spk, gt, label, lens_px = self.capture(rng, self.num_frames, with_lens=True)
+        return make_item(spk, gt[0], label, self.class_names, self.bins, True, -1, lens_px=lens_px)
 
-    def capture(self, rng, num_frames, gt_frames=None, still_camera=False):
+    def capture(self, rng, num_frames, gt_frames=None, still_camera=False, with_lens=False):
         """One new capture of a crop_size window: a random scene seen for num_frames frames ->
-        (spk uint8 [num_frames, s, s], gt uint8 [len(gt_frames), s, s], label of the main photo);
-        gt holds the clean frames at the (fractional) frame instants gt_frames, by default the
-        centre instant (num_frames - 1) / 2. still_camera: the background (the rigid scene) does
-        not move, shake, turn or zoom; cut-outs still move, without turning or zooming."""
+        (spk uint8 [num_frames, s, s], gt uint8 [len(gt_frames), s, s], label of the main photo),
+        with_lens also the capture's lens blur std in px; gt holds the clean frames at the
+        (fractional) frame instants gt_frames, by default the centre instant (num_frames - 1) / 2.
+        still_camera: the background (the rigid scene) does not move, shake, turn or zoom;
+        cut-outs still move, without turning or zooming."""
         cfg = self.cfg
         if still_camera:
             cfg = dataclasses.replace(cfg, motion_px=(0.0, 0.0), jitter_px=0.0, rotation_deg=0.0, zoom=0.0)
@@ -609,7 +616,7 @@ class SimulatedStreams(torch.utils.data.Dataset):
             window = canvas[top:top + s + 2 * self.margin, left:left + s + 2 * self.margin]
             if gt_frames is not None and list(gt_frames) != [(num_frames - 1) / 2]:
                 raise ValueError("the rigid-drift camera renders only the centre frame")
-            spk, gt = simulate_spikes(window, num_frames, cfg, sensor, rng, (s, s))
+            spk, gt, lens_px = simulate_spikes(window, num_frames, cfg, sensor, rng, (s, s), with_lens=True)
             gt = gt[None]
         else:                                          # a layered, video-like scene
             n_cutouts = int(rng.integers(cfg.layers[0], cfg.layers[1] + 1))
@@ -619,12 +626,13 @@ class SimulatedStreams(torch.utils.data.Dataset):
                 with Image.open(path) as img:
                     photos.append(img.convert("L"))
             layers = random_scene(photos, (s, s), cfg, rng, self.lattices)
-            spk, gt = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, (s, s), gt_frames)
+            spk, gt, lens_px = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, (s, s), gt_frames,
+                                                       with_lens=True)
         # a random flip and 90-degree turn (also of the motion's direction), from rng so that a
         # capture is a function of rng
         flip, turns = bool(rng.integers(2)), int(rng.integers(4))
         spk, gt = (np.ascontiguousarray(np.rot90(x[..., ::-1] if flip else x, turns, axes=(-2, -1))) for x in (spk, gt))
-        return spk, gt, int(label)
+        return (spk, gt, int(label), lens_px) if with_lens else (spk, gt, int(label))
 
 
 def sample_name(image_path, class_name):
@@ -635,11 +643,14 @@ def sample_name(image_path, class_name):
 # ----------------------------------------------------------------------------------------------
 # Writing the dataset
 
-def save_sample(path, spk, label, label_name, gt):
+def save_sample(path, spk, label, label_name, gt, lens_px=None):
     """Atomic: a crash mid-write leaves <i>.npz.<random>.tmp (which no reader lists), never a
-    bad .npz (a file handle also stops numpy from appending '.npz' to the name)."""
+    bad .npz (a file handle also stops numpy from appending '.npz' to the name). lens_px: the
+    capture's lens blur std (px), stored when given (a network trained with train.py
+    --lens_input reads it)."""
+    lens = {} if lens_px is None else {"lens_px": np.float32(lens_px)}
     atomic_write(path, lambda f: np.savez_compressed(f, spk=spk, label=np.int64(label),
-                                                     label_name=np.str_(label_name), gt=gt))
+                                                     label_name=np.str_(label_name), gt=gt, **lens))
 
 
 def procedural_streams(n, size, num_frames=UHSR_FRAMES, light="low", seed=0):
@@ -665,13 +676,15 @@ def _make_one(task):
         _sensor_cache[key] = make_sensor(cfg, frame_hw, seed, split)
     sensor = _sensor_cache[key]
     if cfg.layers is None:
-        spk, gt = simulate_spikes(scene_canvas(img, frame_hw, cfg, rng), num_frames, cfg, sensor, rng, frame_hw)
+        spk, gt, lens_px = simulate_spikes(scene_canvas(img, frame_hw, cfg, rng), num_frames, cfg, sensor, rng,
+                                           frame_hw, with_lens=True)
     else:
         photos = [img] + [load_source_image(k, r, l, rng)[0] for k, r, l in cutouts]
         layers = random_scene(photos, frame_hw, cfg, rng)
-        spk, gt = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, frame_hw)
+        spk, gt, lens_px = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, frame_hw, with_lens=True)
         gt = gt[0]
-    save_sample(path, spk, label, sample_name(src_name, class_name), gt)
+    save_sample(path, spk, label, sample_name(src_name, class_name), gt,
+                lens_px if cfg.lens_blur_px[1] > 0 else None)
     return path
 
 

@@ -59,6 +59,12 @@ ORIGINAL_NAME = "the original SpikeCLIP LRN"
 # 0.0030); from here the shipped stream.pth flickers 0.0021 (bench/stream_speed.py, BENCHMARKS.md)
 GATE_INIT_LOGIT = 2.0
 GATE_INIT_MOTION_GAIN = 100.0
+# lens input (SpikingLRN lens_ref_px): a Gaussian lens of std s blurs an image by about
+# (s^2 / 2) x its Laplacian, so what undoing it adds grows with s^2: the network's image gets
+# (s^2 - ref^2) x a second readout of its spikes. At the reference lens that term is zero; a
+# stream whose lens is not known is read as taken through the reference lens, the std the REDS
+# streams read as (bench/reds_lens.py: ~0.5 px)
+LENS_REF_PX = 0.5
 
 
 # Surrogate derivatives, as functions of x = mem - theta (the same as snntorch.surrogate)
@@ -256,7 +262,7 @@ class SpikingLRN(nn.Module):
 
     def __init__(self, in_bins=50, time_steps=4, encoding="direct", beta=0.9, threshold=1.0,
                  surrogate_name="atan", backend="fast", channels=LRN_CHANNELS, linear_skip=False,
-                 image_gate=False):
+                 image_gate=False, lens_ref_px=None):
         super().__init__()
         if time_steps < 1:
             raise ValueError("time_steps must be >= 1")
@@ -288,6 +294,17 @@ class SpikingLRN(nn.Module):
             nn.init.zeros_(self.gate.weight)
             nn.init.constant_(self.gate.bias, GATE_INIT_LOGIT)
             self.motion_gain = nn.Parameter(torch.tensor(math.log(GATE_INIT_MOTION_GAIN)))
+        # lens input (lens_ref_px: the reference lens std, px; None: no lens input): a second
+        # readout of the spikes, weighted per item by lens_px^2 - lens_ref_px^2 (lens_term);
+        # zero at first, so a trained network given it starts as it was
+        self.lens_ref_px = self.lens_readout = None
+        if lens_ref_px is not None:
+            if encoding != "direct":
+                raise ValueError("the lens input weights a window's readout: direct encoding only")
+            self.lens_ref_px = float(lens_ref_px)
+            self.lens_readout = nn.Conv2d(channels[-1], 1, 3, padding=1)
+            nn.init.zeros_(self.lens_readout.weight)
+            nn.init.zeros_(self.lens_readout.bias)
         # snnTorch neurons for the reference backend (they hold no trainable parameters)
         self.lifs = nn.ModuleList(
             snn.Leaky(beta=beta, threshold=threshold, spike_grad=SURROGATES[surrogate_name][0]())
@@ -309,6 +326,8 @@ class SpikingLRN(nn.Module):
                   "channels": [c.out_channels for c in self.convs], "linear_skip": self.skip is not None}
         if self.gate is not None:     # only when set: older checkpoints' configs stay equal
             config["image_gate"] = True
+        if self.lens_readout is not None:
+            config["lens_ref_px"] = self.lens_ref_px
         return config
 
     def _step_inputs(self, x):
@@ -322,20 +341,31 @@ class SpikingLRN(nn.Module):
         b, _, h, w = x.shape
         return x.view(b, self.time_steps, self.in_bins, h, w).transpose(0, 1)
 
-    def forward(self, x, return_rates=False):
+    def forward(self, x, return_rates=False, lens_px=None):
         """x: voxel [B, C, H, W] (counts: float, or uint8 as reconstruct.py reads them) -> image
-        [B, 1, H, W] (and per-layer firing rates [L])."""
+        [B, 1, H, W] (and per-layer firing rates [L]). lens_px: with a lens input, the lens blur
+        std (px) of each item's capture, [B] or one number; None or NaN: the reference lens."""
         if self.folded is not None and not self.training:     # the skip rides on the first conv
-            image, rates = self._forward_folded(x, return_rates)
-            return (image, rates) if return_rates else image
-        x = x if x.is_floating_point() else x.float()
-        if self.backend == "snntorch":
-            image, rates = self._forward_snntorch(x)
+            image, rates, spike_mean = self._forward_folded(x, return_rates)
         else:
-            image, rates = self._forward_fast(x)
-        if self.skip is not None:
-            image = image + self.linear_path(x)
+            x = x if x.is_floating_point() else x.float()
+            if self.backend == "snntorch":
+                image, rates, spike_mean = self._forward_snntorch(x)
+            else:
+                image, rates, spike_mean = self._forward_fast(x)
+            if self.skip is not None:
+                image = image + self.linear_path(x)
+        if self.lens_readout is not None:
+            image = image + self.lens_term(spike_mean, lens_px)
         return (image, rates) if return_rates else image
+
+    def lens_term(self, spike_mean, lens_px):
+        """What the lens input adds to the image: (lens_px^2 - ref^2) x lens_readout(the last
+        layer's mean spike map [B, C, H, W]) -> [B, 1, H, W]; lens_px None or NaN: the reference."""
+        ref = self.lens_ref_px
+        lens = torch.as_tensor(ref if lens_px is None else lens_px, dtype=torch.float32, device=spike_mean.device)
+        lens = torch.where(torch.isnan(lens), torch.full_like(lens, ref), lens).expand(spike_mean.shape[0])
+        return (lens ** 2 - ref ** 2).view(-1, 1, 1, 1) * self.lens_readout(spike_mean.float())
 
     def linear_path(self, x):
         """The linear skip alone, the spiking readout left out: voxel [B, C, H, W] -> [B, 1, H, W]
@@ -347,15 +377,16 @@ class SpikingLRN(nn.Module):
     def _forward_snntorch(self, x):
         steps = self._step_inputs(x)
         mems = [lif.reset_mem() for lif in self.lifs]
-        out_sum, spike_sums = 0.0, [0.0] * len(self.lifs)
+        out_sum, last_sum, spike_sums = 0.0, 0.0, [0.0] * len(self.lifs)
         for t in range(self.time_steps):
             h = steps[t if self.encoding == "temporal" else 0]
             for l, (conv, bn, lif) in enumerate(zip(self.convs, self.bns, self.lifs)):
                 h, mems[l] = lif(bn(conv(h)), mems[l])
                 spike_sums[l] = spike_sums[l] + h.detach().mean()
             out_sum = out_sum + self.readout(h)
+            last_sum = last_sum + h
         rates = torch.stack([s / self.time_steps for s in spike_sums])
-        return out_sum / self.time_steps, rates
+        return out_sum / self.time_steps, rates, last_sum / self.time_steps
 
     # -- fast path ------------------------------------------------------------------------------
     def _conv_bn(self, l, h, steps):
@@ -413,8 +444,8 @@ class SpikingLRN(nn.Module):
             if l + 1 < len(self.convs):
                 cur = self._conv_bn(l + 1, spk.flatten(0, 1), self.time_steps)
                 cur = cur.view(self.time_steps, b, *cur.shape[1:])
-        image = self.readout(spk.mean(0))
-        return image, torch.stack(rates)
+        spike_mean = spk.mean(0)
+        return self.readout(spike_mean), torch.stack(rates), spike_mean
 
     # -- inference after prepare_for_inference -------------------------------------------------
     def _forward_folded(self, x, return_rates):
@@ -438,10 +469,11 @@ class SpikingLRN(nn.Module):
         spike_sum = spk[0].float()     # the mean spike map; adds beat a dim-0 reduction here
         for t in range(1, self.time_steps):
             spike_sum += spk[t]
-        image = self.readout(spike_sum / self.time_steps)
+        spike_mean = spike_sum / self.time_steps
+        image = self.readout(spike_mean)
         if parts is not None:      # the window's steps' skip parts (direct: its one voxel's)
             image = self.window_image(image[None], parts.view(s, b, *parts.shape[1:]))
-        return image, (torch.stack(rates) if return_rates else None)
+        return image, (torch.stack(rates) if return_rates else None), spike_mean
 
     def _split_skip(self, cur):
         """The first folded conv's output [N, C + P, H, W] -> (currents [N, C, H, W], the skip's
@@ -480,6 +512,8 @@ class SpikingLRN(nn.Module):
         fast path: each conv runs once on the [K*B] batch (one device call for K steps), then
         the LIF recurrence walks the K steps from the carried membranes.
         """
+        if self.lens_readout is not None:
+            raise ValueError("a network with a lens input reads whole windows (forward()), not streams of steps")
         k, b = x_steps.shape[:2]
         h, new_state = x_steps.flatten(0, 1), []     # counts, float or uint8
         if self.folded is not None and not self.training:    # after prepare_for_inference
@@ -648,7 +682,8 @@ class PlainLRN(nn.Module):
             config["linear_skip"] = True
         return config
 
-    def forward(self, x, return_rates=False):
+    def forward(self, x, return_rates=False, lens_px=None):
+        """lens_px: not read (a plain CNN has no lens input); taken so that callers need not ask."""
         if self.hidden_dtype is not None:
             hidden = self.net[:-1](x.to(self.hidden_dtype, memory_format=torch.channels_last))
             image = self.net[-1](hidden.float())
@@ -674,7 +709,7 @@ def build_model(config, backend="fast"):
         return SpikingLRN(config["in_bins"], config["time_steps"], config["encoding"],
                           config["beta"], config["threshold"], config["surrogate"], backend,
                           tuple(config["channels"]), config.get("linear_skip", False),
-                          config.get("image_gate", False))
+                          config.get("image_gate", False), config.get("lens_ref_px"))
     raise ValueError(f"unknown architecture {arch!r} (expected 'snn' or 'ann')")
 
 
@@ -786,7 +821,8 @@ def model_name(config):
     if config.get("arch") == "ann":
         return f"ANN (plain-CNN LRN{bins}{skip})"
     gate = ", image gate" if config.get("image_gate") else ""
-    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{bins}{skip}{gate})"
+    lens = f", lens input (ref. {config['lens_ref_px']:g} px)" if config.get("lens_ref_px") is not None else ""
+    return f"SNN (T={config.get('time_steps')}, {config.get('encoding')}{bins}{skip}{gate}{lens})"
 
 
 # ----------------------------------------------------------------------------------------------

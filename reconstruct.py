@@ -47,8 +47,8 @@ from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, dat_frame_bytes, 
                      numeric_sort_key, unpack_dat_frames, voxelize)
 from models import (PRECISIONS, SpikingLRN, default_precision, load_checkpoint, model_from_checkpoint, model_name,
                     prepare_for_inference, to_image)
-from utils import (InputError, atomic_output, atomic_write, check_output_folder, non_negative_int, pick_device,
-                   positive_float, positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
+from utils import (InputError, atomic_output, atomic_write, check_output_folder, non_negative_float, non_negative_int,
+                   pick_device, positive_float, positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
 
 WINDOW = UHSR_FRAMES    # spike frames behind one output frame: the networks' training window
 VIDEO_CRF = 15          # libx264 quality (0 lossless - 51): 15 is near lossless
@@ -66,6 +66,9 @@ def get_args(argv=None):
     g.add_argument("--start", type=non_negative_int, default=0, help="first spike frame used")
     g.add_argument("--end", type=positive_int, help="spike frame where the input ends (default: the stream's end)")
     g.add_argument("--crop", type=positive_int, help="reconstruct only the centre CROP x CROP pixels")
+    g.add_argument("--lens_px", type=non_negative_float,
+                   help="the camera's lens blur, Gaussian std in px, for a network trained with train.py --lens_input "
+                        "(default: the network's reference lens, as the REDS streams read)")
     g.add_argument("--camera_hz", type=positive_float, default=40000.0,
                    help="the camera's frame rate, for the 'x real time' figure")
     g = p.add_argument_group("time")
@@ -200,13 +203,13 @@ def read_windows(stream, starts, device):
 # The two ways of running a network over a stream. Both yield images [H, W] in [0, 1], the
 # window of output frame j starting at spike frame first + j * stride.
 
-def sliding_frames(model, stream, first, num_out, stride, batch, device):
-    """Every window on its own, `batch` windows per call."""
+def sliding_frames(model, stream, first, num_out, stride, batch, device, lens_px=None):
+    """Every window on its own, `batch` windows per call (lens_px: for a network with a lens input)."""
     starts = [first + j * stride for j in range(num_out)]
     for i in range(0, num_out, batch):
         voxel = voxelize(read_windows(stream, starts[i:i + batch], device), model.input_channels, torch.uint8, 1)
         with torch.inference_mode():
-            images = to_image(model(voxel).float())
+            images = to_image(model(voxel, lens_px=lens_px).float())
         yield from images[:, 0]
 
 
@@ -402,6 +405,9 @@ def run(args):
     if WINDOW % model.input_channels:
         raise InputError(f"{args.checkpoint}: the network takes {model.input_channels} bins, which "
                          f"{WINDOW} frames do not fill evenly")
+    if args.lens_px is not None and getattr(model, "lens_readout", None) is None:
+        raise InputError(f"--lens_px {args.lens_px:g}: {args.checkpoint} has no lens input (trained without "
+                         "train.py --lens_input)")
     stateful = kind != "png" and is_stateful(model, args.sliding)     # one image: one window
     if args.reset_every and not stateful:
         raise InputError("--reset_every needs a stateful run (a temporal-encoding SNN, no --sliding, "
@@ -421,7 +427,7 @@ def run(args):
     if stateful:
         frames = stateful_frames(model, stream, first, num_out, args.stride, args.reset_every, batch, device)
     else:
-        frames = sliding_frames(model, stream, first, num_out, args.stride, batch, device)
+        frames = sliding_frames(model, stream, first, num_out, args.stride, batch, device, args.lens_px)
     t0 = time.perf_counter()
     bar = tqdm(total=num_out, unit="frame", desc=os.path.basename(stream.name.rstrip("/")) or stream.name,
                dynamic_ncols=True, mininterval=0.5)

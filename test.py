@@ -34,8 +34,8 @@ from metrics import ENERGY_MODEL, NvmlEnergyMeter, count_macs, latency_ms, perce
 from models import (default_precision, load_checkpoint, model_from_checkpoint, model_name, prepare_for_inference,
                     scored_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
-from utils import (InputError, check_output_folder, format_count, non_negative_int, pick_device, positive_float,
-                   positive_int, report_input_error, spike_image)
+from utils import (InputError, atomic_write, check_output_folder, format_count, non_negative_int, pick_device,
+                   positive_float, positive_int, report_input_error, spike_image)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": None, "fp16": torch.float16}
 WARMUP_RUNS = 10           # latency warm-up calls
@@ -148,9 +148,9 @@ class Runner:
         voxel = voxel.to(self.device, non_blocking=True).float()
         return voxel.contiguous(memory_format=torch.channels_last) if self.channels_last else voxel
 
-    def __call__(self, voxel, return_rates=False):
+    def __call__(self, voxel, return_rates=False, lens_px=None):
         with self.autocast():
-            return self.forward(voxel, return_rates=return_rates)
+            return self.forward(voxel, return_rates=return_rates, lens_px=lens_px)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,18 +212,20 @@ class Labeller:
         return text
 
 
-def reconstruct(runner, voxel):
+def reconstruct(runner, voxel, lens_px=None):
     """The image CLIP labels (clamped to [0, 1], or raw for the original SpikeCLIP LRN, as its
-    authors' evaluation has it); the panel tiles clip it to [0, 1] for display."""
+    authors' evaluation has it); the panel tiles clip it to [0, 1] for display. lens_px: the
+    capture's lens blur, for a network with a lens input (None: unknown)."""
     with torch.inference_mode():
-        return scored_image(runner.model.config(), runner(runner.prepare(voxel)).float()).cpu()
+        return scored_image(runner.model.config(), runner(runner.prepare(voxel), lens_px=lens_px).float()).cpu()
 
 
-def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None):
+def make_panel(runner, labeller, arch, voxel, baselines, true_name, gt=None, lens_px=None):
     """voxel [bins, H, W]; baselines (TFP, TFI) [H, W] of the same window and crop; gt [H, W]
-    in [0, 1] or None -> (PIL panel, predicted class)."""
+    in [0, 1] or None; lens_px: the capture's lens blur std px (None: unknown) -> (PIL panel,
+    predicted class)."""
     voxel = torch.as_tensor(voxel).float()
-    image = reconstruct(runner, voxel[None])
+    image = reconstruct(runner, voxel[None], lens_px)
     pred = labeller(image)[0]
     spikes = spike_image(voxel[None])[0, 0].numpy()
     tiles = [spikes, *baselines, image[0, 0].numpy()]
@@ -248,10 +250,10 @@ def dataset_panels(args, runner, labeller, arch, data_type, crop, bins):
         gt = item["gt"][0].numpy() if item["has_gt"] else None
         panel, pred = make_panel(runner, labeller, arch, item["voxel"],
                                  (item["tfp"][0].numpy(), item["tfi"][0].numpy()),
-                                 item["class_name"], gt)
+                                 item["class_name"], gt, float(item["lens_px"]))
         stem = os.path.splitext(os.path.basename(dataset.files[i]))[0]
         out = os.path.join(args.output_dir, f"{args.split}_{stem}.png")
-        panel.save(out)
+        atomic_write(out, lambda f: panel.save(f, format="PNG"))
         written.append(out)
         print(f"{out}: pred {pred} / true {item['class_name']}")
     return written

@@ -37,11 +37,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from clip_guidance import ClipGuide, QualityPrompts, load_clip
-from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, UHSRDataset, center_crop,
-                     default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
+from dataset import (CLASS_NAMES, DATASET_DIRS, UHSR_BINS, UHSR_FRAMES, SpikeDataError, UHSRDataset, center_crop,
+                     check_archives, default_cache_path, load_gt, load_label_name, one_dataset, voxelize)
 from generate_synthetic_data import (DEFAULT_LIGHT, LIGHT, SimulatedStreams, camera_record, changed_fields, read_settings,
                                      settings_path)
-from models import (CHECKPOINT_FORMAT, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
+from models import (CHECKPOINT_FORMAT, LENS_REF_PX, CheckpointError, PlainLRN, SpikingLRN, checkpoint_identity,
                     file_sha256, load_checkpoint, model_from_checkpoint, model_name, to_image)
 from results_tracker import RESULTS_FILE, append_record, check_results_file
 from utils import (InputError, atomic_torch_save, atomic_write_json, check_output_folder, comparison_grid,
@@ -112,6 +112,11 @@ def build_parser():
                    help="with --stateful: the network also reads out, per pixel, how much of the previous "
                         "output frame to keep (models.SpikingLRN.carry_image): still content averages over "
                         "many windows, moving content follows the new one")
+    g.add_argument("--lens_input", action="store_true",
+                   help="direct-encoding SNN: the network is told each capture's lens blur (std px, stored by "
+                        "generate_synthetic_data.py) and adds (std^2 - ref^2) x a second readout of its spikes "
+                        f"(models.SpikingLRN.lens_term, ref {LENS_REF_PX:g} px); a stream whose lens is not known "
+                        "is read as taken through the reference lens")
     g.add_argument("--backend", choices=["fast", "snntorch"], default="fast",
                    help="fast: fused multi-step path; snntorch: the reference step loop (same function)")
     g = p.add_argument_group("CLIP")
@@ -203,6 +208,9 @@ def get_args(argv=None):
         check_stateful_options(p, args)
     if args.image_gate and not (args.stateful or args.resume):
         p.error("--image_gate is trained with --stateful K (a frame carried from window to window); give --stateful K")
+    if args.lens_input and not (args.arch == "snn" and args.encoding == "direct" and not args.stateful):
+        p.error("--lens_input weights a window's readout of a direct-encoding SNN: --arch snn --encoding direct, "
+                "without --stateful")
     if args.flicker_weight and not args.stateful:
         p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
     if args.lattices and not (args.simulate_from and LIGHT[args.light].layers):
@@ -307,6 +315,12 @@ def simulated_train_set(args, val_files, bins):
                                  UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed, lattices=args.lattices)
     check_same_camera(train_set, val_files, args.light)
     check_recorded_camera(args.data_root, args.data_type, LIGHT[args.light], args.light)
+    if args.lens_input:      # validation must tell the network each file's lens, as training does
+        try:
+            check_archives(val_files.files, ("spk", "label", "lens_px"))
+        except SpikeDataError as e:
+            raise InputError(f"--lens_input: {e}; files simulated before generate_synthetic_data.py stored "
+                             "the lens must be made again") from None
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")
@@ -461,11 +475,11 @@ class Teacher:
                                   f"student's {student_bins}-bin voxel cannot be summed into")
 
     @torch.no_grad()
-    def __call__(self, voxel):
+    def __call__(self, voxel, lens_px=None):
         """voxel [B, student_bins, H, W] -> the teacher's analog output [B, 1, H, W] (float32)."""
         if voxel.shape[1] != self.bins:
             voxel = voxelize(voxel, self.bins, dim=1)
-        return self.model(voxel).float()
+        return self.model(voxel, lens_px=lens_px).float()
 
 
 class StageLoss:
@@ -590,7 +604,7 @@ def fit_linear_skip(model, loader, target_key, device, pixels_per_image=2048, te
     for _, batch in zip(range(FIT_BATCHES), loader):
         batch = to_device(batch, device)
         if teacher is not None:
-            batch["teacher"] = teacher(batch["voxel"])
+            batch["teacher"] = teacher(batch["voxel"], batch["lens_px"])
         x = batch["voxel"].float()                                            # [B, C, H, W]
         patches = F.unfold(x, 3, padding=1)                                  # [B, 9C, H*W]
         pick = torch.randint(patches.shape[-1], (pixels_per_image,), device=x.device)
@@ -859,7 +873,8 @@ def what_ran(ran, offline):
 def build_lrn(args, device):
     if args.arch == "snn":
         model = SpikingLRN(args.bins, args.time_steps, args.encoding, args.beta, args.threshold,
-                           args.surrogate, args.backend, linear_skip=args.linear_skip, image_gate=args.image_gate)
+                           args.surrogate, args.backend, linear_skip=args.linear_skip, image_gate=args.image_gate,
+                           lens_ref_px=LENS_REF_PX if args.lens_input else None)
     else:
         if args.encoding == "temporal":
             raise InputError("--arch ann takes the window as one voxel; for one bin per frame pass --bins 200")
@@ -877,21 +892,23 @@ def build_lrn(args, device):
 
 def init_from(model, path, backend, is_main):
     """--init: the network's weights and BN statistics from a trained checkpoint, refused (one
-    line) when it is another architecture. The one difference allowed: --image_gate on a network
-    trained without one, whose gate then starts from its initialisation."""
+    line) when it is another architecture. The differences allowed: --image_gate or --lens_input
+    on a network trained without it, whose new part then starts from its initialisation."""
     ckpt = load_checkpoint(path)
     expect = model.config()
-    adds_gate = expect.get("image_gate") and not ckpt["model_config"].get("image_gate")
-    if adds_gate:
-        expect.pop("image_gate")
+    new_parts = [name for key, name in (("image_gate", "image gate"), ("lens_ref_px", "lens readout"))
+                 if key in expect and key not in ckpt["model_config"]]
+    for key in ("image_gate", "lens_ref_px"):
+        if key not in ckpt["model_config"]:
+            expect.pop(key, None)
     trained = model_from_checkpoint(ckpt, path, backend, expect_config=expect)
     if trained.config() != expect:       # e.g. a gated checkpoint for a run without --image_gate
         raise CheckpointError(f"{path}: checkpoint is from another architecture ({model_name(trained.config())}, "
                               f"the run's is {model_name(model.config())})")
-    model.load_state_dict(trained.state_dict(), strict=not adds_gate)
+    model.load_state_dict(trained.state_dict(), strict=not new_parts)
     if is_main:
         print(f"network initialised from {path} (sha256 {file_sha256(path)[:12]}); its linear skip is kept"
-              + ("; the image gate is new" if adds_gate else ""))
+              + "".join(f"; the {name} is new" for name in new_parts))
 
 
 def build_data(args, bins, device, rank, world):
@@ -983,7 +1000,7 @@ def batch_loss(s, stage, batch, training, hq_generator=None):
     hq_generator: where stage 2 draws its high-quality images (None: torch's global RNG)."""
     if stage == "prompt":   # the LRN is frozen; its reconstructions are low-quality examples
         with torch.no_grad(), s.autocast():
-            recon = to_image(s.model(batch["voxel"]).float())
+            recon = to_image(s.model(batch["voxel"], lens_px=batch["lens_px"]).float())
         lq = torch.cat([recon, batch["tfp"], batch["tfi"]])
         hq = hq_batch(s.bank, len(batch["label"]), s.device, hq_generator)
         with s.autocast():
@@ -991,8 +1008,8 @@ def batch_loss(s, stage, batch, training, hq_generator=None):
         return loss, terms, recon
     with s.autocast():
         if s.teacher is not None:
-            batch["teacher"] = s.teacher(batch["voxel"])
-        out = (s.train_model if training else s.model)(batch["voxel"]).float()
+            batch["teacher"] = s.teacher(batch["voxel"], batch["lens_px"])
+        out = (s.train_model if training else s.model)(batch["voxel"], lens_px=batch["lens_px"]).float()
         if stage == "coarse":
             loss, terms = s.losses.coarse(out, batch)
         else:

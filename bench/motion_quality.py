@@ -5,6 +5,9 @@ alone. Per method: PSNR / SSIM over the full frame; sharpness (mean absolute nei
 relative to the ground truth's: < 1 = blurred); PSNR on the moving regions only
 (metrics.moving_mask: pixels whose 5x5-blurred 41-frame brightness changes by > 0.08 between
 two instants 100 frames apart -- moving edges and texture, where window averaging blurs).
+A network with a lens input (train.py --lens_input) is told the lens of each simulated file that
+stores it; the REDS streams, whose lens is not known, are read at its reference lens; --lens_px
+tells it one lens for every stream instead (what it does when the lens is not known).
 
     python bench/motion_quality.py --pairs ../shared/datasets/reds-base-sample \
         --sim_test data/motion/U-CALTECH/test --checkpoint weights/normal.pth exp/x/ckpts/checkpoint_best.pth
@@ -28,47 +31,50 @@ RATE = 0.6   # the normal-light camera's (and REDS_BASE's) white-pixel firing ra
 
 
 def reds_pairs(folder):
-    """[(name, spikes [200, H, W], gt [H, W] float in [0,1])] of every .dat with a .png."""
+    """[(name, spikes [200, H, W], gt [H, W] float in [0,1], lens None)] of every .dat with a .png."""
     pairs = []
     for dat in sorted(glob.glob(os.path.join(folder, "*.dat"))):
         png = os.path.splitext(dat)[0] + ".png"
         if os.path.exists(png):
             with Image.open(png) as img:
                 gt = np.asarray(img.convert("L"), np.float32) / 255.0
-            pairs.append((os.path.basename(dat), center_window(read_dat(dat), UHSR_FRAMES, dat), gt))
+            pairs.append((os.path.basename(dat), center_window(read_dat(dat), UHSR_FRAMES, dat), gt, None))
     return pairs
 
 
 def sim_samples(folder, limit):
+    """[(name, spikes, gt [H, W] float in [0,1], lens blur std px or None)] of the files with gt."""
     files = sorted(glob.glob(os.path.join(folder, "*.npz")))[:limit]
     out = []
     for f in files:
-        spk, _, _, gt = load_npz(f, with_gt=True)
+        spk, _, _, gt, lens_px = load_npz(f, with_gt=True, with_lens=True)
         if gt is not None:
-            out.append((os.path.basename(f), spk, gt.astype(np.float32) / 255.0))
+            out.append((os.path.basename(f), spk, gt.astype(np.float32) / 255.0, lens_px))
     return out
 
 
 @torch.inference_mode()
-def method_images(spk, networks):
-    """{method: image [H, W] in [0,1]} for one stream."""
+def method_images(spk, networks, lens_px=None):
+    """{method: image [H, W] in [0,1]} for one stream (lens_px: its lens, None when unknown)."""
     images = {"TFP (41 frames / rate)": np.clip(tfp(spk, 41, RATE), 0, 1),
               "TFI (/ rate)": np.clip(tfi(spk, rate=RATE), 0, 1)}
     for name, model in networks:
         voxel = torch.from_numpy(voxelize(spk, model.input_channels))[None]
-        images[name] = to_image(model(voxel))[0, 0].numpy()
+        images[name] = to_image(model(voxel, lens_px=lens_px))[0, 0].numpy()
         if getattr(model, "skip", None) is not None:
             images[f"{name}: linear path alone"] = to_image(model.linear_path(voxel))[0, 0].numpy()
     return images
 
 
-def score(streams, networks):
-    """{method: [psnr, ssim, sharpness ratio, moving psnr] averaged over the streams}."""
+def score(streams, networks, lens_override=None):
+    """{method: [psnr, ssim, sharpness ratio, moving psnr] averaged over the streams}
+    (lens_override: the lens a lens-input network is told for every stream, else each stream's)."""
     rows = {}
-    for _, spk, gt in streams:
+    for _, spk, gt, lens_px in streams:
+        lens_px = lens_px if lens_override is None else lens_override
         mask = moving_mask(spk, RATE)
         gt_t = torch.from_numpy(gt)[None, None]
-        for method, img in method_images(spk, networks).items():
+        for method, img in method_images(spk, networks, lens_px).items():
             img_t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
             rows.setdefault(method, []).append([
                 float(psnr(img_t, gt_t)[0]), float(ssim(img_t, gt_t)[0]),
@@ -80,7 +86,7 @@ def score(streams, networks):
 def print_table(title, streams, rows, per_stream):
     print(f"\n# {title}")
     if per_stream:
-        names = [n for n, _, _ in streams]
+        names = [s[0] for s in streams]
         print("| method | " + " | ".join(f"{n}: PSNR / SSIM / sharpness / moving PSNR" for n in names)
               + " | mean PSNR |")
         print("|---" * (len(names) + 2) + "|")
@@ -102,6 +108,8 @@ def main(argv=None):
                                       "validation files that choose a recipe")
     p.add_argument("--sim_limit", type=int, default=40, help="score at most this many simulated files")
     p.add_argument("--checkpoint", nargs="*", default=[])
+    p.add_argument("--lens_px", type=float, help="tell networks with a lens input this lens blur (std px) for "
+                                                 "every stream, not the one a file stores")
     args = p.parse_args(argv)
     networks = []
     for path in args.checkpoint:
@@ -109,11 +117,11 @@ def main(argv=None):
     if args.pairs:
         pairs = reds_pairs(args.pairs)
         print_table(f"{args.pairs}: centre 200 frames, full frame (these pairs chose earlier recipes: "
-                    f"not an independent check)", pairs, score(pairs, networks), per_stream=True)
+                    f"not an independent check)", pairs, score(pairs, networks, args.lens_px), per_stream=True)
     if args.sim_test:
         sims = sim_samples(args.sim_test, args.sim_limit)
         print_table(f"{args.sim_test}: {len(sims)} simulated streams with ground truth, full frame", sims,
-                    score(sims, networks), per_stream=False)
+                    score(sims, networks, args.lens_px), per_stream=False)
     return 0
 
 

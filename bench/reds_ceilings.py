@@ -96,9 +96,9 @@ def main(argv=None):
     pairs = reds_pairs(args.pairs)
 
     print("# 1. Temporal support chosen per pixel with the ground truth (PSNR dB)")
-    rows = [(name, support_ceiling(model, spk, gt)) for name, spk, gt in pairs]
+    rows = [(name, support_ceiling(model, spk, gt)) for name, spk, gt, _ in pairs]
     if args.sim_test:
-        sims = [support_ceiling(model, spk, gt) for _, spk, gt in sim_samples(args.sim_test, args.sim_limit)]
+        sims = [support_ceiling(model, spk, gt) for _, spk, gt, _ in sim_samples(args.sim_test, args.sim_limit)]
         rows.append((f"simulated test, mean of {len(sims)}", {k: float(np.mean([s[k] for s in sims])) for k in sims[0]}))
     print("| stream | " + " | ".join(rows[0][1]) + " |\n" + "|---" * (len(rows[0][1]) + 1) + "|")
     for name, row in rows:

@@ -39,7 +39,7 @@ def main(argv=None):
         methods += [n] + ([f"{n}: linear path alone"] if getattr(model, "skip", None) is not None else [])
     print("| pair | stream | " + " | ".join(["TFP-41", "TFI"] + methods[2:]) + " |")
     print("|---" * (len(methods) + 2) + "|")
-    for name, real_spk, gt_real in reds_pairs(args.pairs):
+    for name, real_spk, gt_real, _ in reds_pairs(args.pairs):
         with Image.open(os.path.join(args.pairs, os.path.splitext(name)[0] + ".png")) as img:
             streams = []
             for px in (0.0, args.pan_px):
@@ -48,10 +48,10 @@ def main(argv=None):
                 canvas = gen.image_to_canvas(img, cfg.frame_hw, gen.motion_margin(cfg))
                 spk, gt = gen.simulate_spikes(canvas, 200, cfg, gen.make_sensor(cfg, cfg.frame_hw, 0, "test"),
                                               np.random.default_rng(0), cfg.frame_hw)
-                streams.append((f"simulated, {px:g} px pan", spk, gt.astype(np.float32) / 255))
-        streams.append(("real", real_spk, gt_real))
-        for label, spk, gt in streams:
-            images = method_images(spk, networks)
+                streams.append((f"simulated, {px:g} px pan", spk, gt.astype(np.float32) / 255, args.lens_px))
+        streams.append(("real", real_spk, gt_real, None))   # its lens: not known
+        for label, spk, gt, lens_px in streams:
+            images = method_images(spk, networks, lens_px)
             cells = []
             for method in methods:
                 img = images[method]

@@ -63,7 +63,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     print("| pair | stream | velocity (px / 200 frames) | aligned vs sharp gt dB | sharpness | "
           "best-matching gt blur std px (dB) |\n|---|---|---|---|---|---|")
-    for name, spk, gt in reds_pairs(args.pairs):
+    for name, spk, gt, _ in reds_pairs(args.pairs):
         rows = [("real", reading(spk, gt))]
         for lens in LENSES:
             rows.append((f"our camera, pan at its velocity, lens {lens:g} px",

@@ -11,14 +11,16 @@ import dataset
 from dataset import CacheError, SpikeDataError
 
 
-def write_sample(folder, index, frames=12, size=(10, 10), label=None, gt=True, seed=None):
-    """<folder>/<index>.npz with random spikes; gt (uint8) when asked."""
+def write_sample(folder, index, frames=12, size=(10, 10), label=None, gt=True, seed=None, lens_px=None):
+    """<folder>/<index>.npz with random spikes; gt (uint8) and the lens blur when asked."""
     rng = np.random.default_rng(index if seed is None else seed)
     arrays = {"spk": (rng.random((frames, *size)) < 0.3).astype(np.uint8),
               "label": np.int64(index % 10 if label is None else label),
               "label_name": np.str_(f"{index}.png")}
     if gt:
         arrays["gt"] = rng.integers(0, 256, size, dtype=np.uint8)
+    if lens_px is not None:
+        arrays["lens_px"] = np.float32(lens_px)
     path = os.path.join(folder, f"{index}.npz")
     np.savez_compressed(path, **arrays)
     return path
@@ -26,11 +28,12 @@ def write_sample(folder, index, frames=12, size=(10, 10), label=None, gt=True, s
 
 @pytest.fixture
 def split(tmp_path):
-    """data root with U-CIFAR/train: 5 samples of 12 frames, 10x10, gt on the even ones."""
+    """data root with U-CIFAR/train: 5 samples of 12 frames, 10x10, gt on the even ones, the
+    lens blur on the first three."""
     folder = tmp_path / "U-CIFAR" / "train"
     folder.mkdir(parents=True)
     for i in range(5):
-        write_sample(folder, i, gt=i % 2 == 0)
+        write_sample(folder, i, gt=i % 2 == 0, lens_px=0.3 + 0.1 * i if i < 3 else None)
     return tmp_path
 
 
@@ -48,7 +51,8 @@ def assert_same_items(a, b):
         for key in x:
             if isinstance(x[key], torch.Tensor):
                 assert x[key].dtype == y[key].dtype and x[key].shape == y[key].shape, key
-                assert torch.equal(x[key], y[key]), f"item {i}: {key} differs"
+                assert torch.equal(x[key], y[key]) or (x[key].isnan() == y[key].isnan()).all() and \
+                    torch.equal(x[key].nan_to_num(), y[key].nan_to_num()), f"item {i}: {key} differs"
             else:
                 assert x[key] == y[key], f"item {i}: {key} differs"
 
@@ -346,3 +350,10 @@ def test_train_refuses_a_cache_path_that_is_a_training_file(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith(f"error: {victim}: exists and is not a spike cache") and err.count("\n") == 1
     assert victim.read_bytes() == before
+
+
+def test_cached_items_keep_each_files_lens(split):
+    """train.py --lens_input --cache: the cache hands on the lens blur the files store."""
+    items = [make_ds(split)[i] for i in range(5)]
+    assert [float(x["lens_px"]) for x in items[:3]] == pytest.approx([0.3, 0.4, 0.5])
+    assert all(torch.isnan(x["lens_px"]) for x in items[3:])
