@@ -25,6 +25,9 @@ The readout and the linear skip are analog Conv2d nodes summed into the output (
 node): the target must run convolutions on spikes and on the multi-valued input and emit
 analog values, as well as LI neurons with a recurrent edge.
 
+A network with a lens input (train.py --lens_input) is exported for one lens, --lens_px (default
+its reference lens): the lens term is folded into the readout (SpikingLRN.fix_lens).
+
 checkpoint: the original SpikeCLIP LRN (the authors' bare state_dict, e.g. LRN_CALTECH.pth)
 into our format, recording its class set (--dataset), the source file and its SHA-256.
 evaluate.py, test.py and train.py --teacher also read the original file directly.
@@ -43,7 +46,7 @@ import torch
 from dataset import one_dataset
 from models import (SpikingLRN, fold_batchnorm, is_original, load_checkpoint,
                     model_from_checkpoint, model_name)
-from utils import InputError, atomic_torch_save, atomic_write, report_input_error
+from utils import InputError, atomic_torch_save, atomic_write, non_negative_float, report_input_error
 
 ONNX_OPSET = 17
 
@@ -67,6 +70,9 @@ def get_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--frame", type=frame_size, metavar="HxW",
                    help="--to nir: the frame size the graph is built for (default 64x64)")
+    p.add_argument("--lens_px", type=non_negative_float,
+                   help="nir/onnx of a network with a lens input: the camera's lens blur (std px) the exported "
+                        "graph is fixed to (default: the network's reference lens)")
     p.add_argument("--dataset", "--data_type", dest="data_type", type=one_dataset, metavar="{cifar,caltech}",
                    help="--to checkpoint: class set the weights were trained on (LRN_CALTECH.pth: caltech)")
     args = p.parse_args(argv)
@@ -160,6 +166,7 @@ def _onnx_ann(b, model, voxel):
 def onnx_model(model):
     """An SNN or plain-CNN LRN (fp32, eval) as an onnx.ModelProto with free N, H, W."""
     from onnx import TensorProto, checker, helper
+    check_lens_fixed(model)
     model = model.float().eval()
     b = _OnnxBuilder()
     image = (_onnx_snn if isinstance(model, SpikingLRN) else _onnx_ann)(b, model, "voxel")
@@ -192,6 +199,7 @@ def export_onnx(model, path):
 def nir_graph(model, height, width):
     """A SpikingLRN (eval) as a nir.NIRGraph for height x width frames, in the weights' dtype."""
     import nir
+    check_lens_fixed(model)
     if not isinstance(model, SpikingLRN):
         raise ValueError(f"NIR export takes a SpikingLRN, got {type(model).__name__}")
     model = model.eval()
@@ -266,6 +274,12 @@ def original_to_checkpoint(args):
             f"data type {args.data_type or 'not recorded'}")
 
 
+def check_lens_fixed(model):
+    """The graphs hold one readout: a lens input must be folded into it first (fix_lens)."""
+    if getattr(model, "lens_readout", None) is not None:
+        raise ValueError("a network with a lens input is exported for one lens: call fix_lens() first")
+
+
 def run(args):
     if os.path.exists(args.output) and not args.overwrite:
         raise InputError(f"--output {args.output}: already exists (pass --overwrite to replace it)")
@@ -273,6 +287,10 @@ def run(args):
         return original_to_checkpoint(args)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    if args.lens_px is not None and getattr(model, "lens_readout", None) is None:
+        raise InputError(f"--lens_px {args.lens_px:g}: {args.checkpoint} has no lens input (trained without "
+                         "train.py --lens_input)")
+    model.fix_lens(args.lens_px)
     if args.to == "onnx":
         export_onnx(model, args.output)
         return f"{model_name(ckpt['model_config'])} as ONNX (opset {ONNX_OPSET}, fp32, any frame size)"

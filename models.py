@@ -367,6 +367,21 @@ class SpikingLRN(nn.Module):
         lens = torch.where(torch.isnan(lens), torch.full_like(lens, ref), lens).expand(spike_mean.shape[0])
         return (lens ** 2 - ref ** 2).view(-1, 1, 1, 1) * self.lens_readout(spike_mean.float())
 
+    @torch.no_grad()
+    def fix_lens(self, lens_px=None):
+        """Fold the lens term at one lens (None: the reference) into the readout and drop the lens
+        input: both convs read the same mean spike map, so the readout becomes W + d W_lens, b + d
+        b_lens with d = lens_px^2 - ref^2, and the network computes forward(x, lens_px=lens_px)
+        without being told it (convert.py exports such a network). Returns self."""
+        if self.lens_readout is None:
+            return self
+        ref = self.lens_ref_px
+        d = (ref if lens_px is None else lens_px) ** 2 - ref ** 2
+        self.readout.weight += d * self.lens_readout.weight
+        self.readout.bias += d * self.lens_readout.bias
+        self.lens_readout = self.lens_ref_px = None
+        return self
+
     def linear_path(self, x):
         """The linear skip alone, the spiking readout left out: voxel [B, C, H, W] -> [B, 1, H, W]
         (a 3x3 conv of the whole window's bins). A fitted linear filter of the spikes, the
@@ -693,6 +708,10 @@ class PlainLRN(nn.Module):
         if self.skip is not None:
             image = image + self.linear_path(x)
         return (image, torch.zeros(0, device=x.device)) if return_rates else image
+
+    def fix_lens(self, lens_px=None):
+        """No lens input, nothing to fold (SpikingLRN.fix_lens). Returns self."""
+        return self
 
     def linear_path(self, x):
         """The linear skip alone (fp32): voxel [B, C, H, W] -> [B, 1, H, W]."""

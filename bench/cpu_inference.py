@@ -147,7 +147,9 @@ def model_only(args):
 
     import convert
     ckpt = load_checkpoint(args.checkpoint)
-    exact = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "fp32")
+    # the graph of a lens-input network at its reference lens, as reconstruct.py reads a stream
+    # whose lens is not known (fix_lens there adds exactly zero to the readout)
+    exact = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint).fix_lens(), "fp32")
     fast = {p: prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), p) for p in FAST}
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -187,7 +189,7 @@ def nir_round_trip(args):
     import convert
     from tests.test_convert import read_back, run_reader
     ckpt = load_checkpoint(args.checkpoint)
-    model = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint), "fp32")
+    model = prepare_for_inference(model_from_checkpoint(ckpt, args.checkpoint).fix_lens(), "fp32")
     c = args.nir_crop
     print(f"\n## NIR round trip, fp32: centre {c}x{c} of each REDS window, {model.time_steps} steps")
     print("| pair | flipped spikes (all) | per LIF layer | image max change |")

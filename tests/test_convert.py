@@ -352,3 +352,37 @@ def test_voxelize_of_a_torch_batch_equals_numpy_voxelize(frames, bins):
     assert got.dtype == torch.float32
     for i in range(2):
         assert np.array_equal(got[i].numpy(), voxelize(spk[i], bins))
+
+
+def test_a_lens_input_network_is_exported_for_one_lens(tmp_path, capsys):
+    """--lens_px folds the lens term at that lens into the readout (SpikingLRN.fix_lens): the ONNX
+    graph computes forward(x, lens_px); without it, the reference lens; refused for a network
+    without a lens input."""
+    torch.manual_seed(0)
+    model = SpikingLRN(time_steps=3, encoding="direct", linear_skip=True, lens_ref_px=0.5, **TINY)
+    plain = tiny_snn()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        model.lens_readout.weight.normal_(0, 0.3)
+        model.lens_readout.bias.fill_(0.2)
+    model.eval()
+    path = tmp_path / "lens.pth"
+    save_checkpoint(path, model)
+    voxel = voxel_for(model, 2, 10, 14)
+    import onnx
+    for extra, lens in (([], 0.5), (["--lens_px", "0.2"], 0.2)):
+        out = tmp_path / f"lens{lens}.onnx"
+        assert convert.main(["--checkpoint", str(path), "--to", "onnx", "--output", str(out), *extra]) == 0
+        with torch.no_grad():
+            expected = model(voxel, lens_px=lens).numpy()
+        assert np.abs(run_onnx(onnx.load(str(out)), voxel) - expected).max() <= 1e-4
+    with torch.no_grad():
+        assert np.abs(model(voxel, lens_px=0.2).numpy() - model(voxel).numpy()).max() > 0.01   # it matters
+    plain_path = tmp_path / "plain.pth"
+    save_checkpoint(plain_path, plain)
+    capsys.readouterr()
+    assert convert.main(["--checkpoint", str(plain_path), "--to", "onnx", "--output", str(tmp_path / "p.onnx"),
+                         "--lens_px", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--lens_px 0.2" in err and "no lens input" in err
+    assert not os.path.exists(tmp_path / "p.onnx")
