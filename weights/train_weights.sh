@@ -15,9 +15,11 @@
 #    stream: then `--stateful 16 --image_gate --flicker_weight 1.5 --init` from step 2's network,
 #    each item one recording of 16 consecutive windows, membranes and output image carried;
 #    normal: then a second cycle of 24 epochs from step 2's best network (train.py --init, lr 5e-4,
-#    new captures);
+#    new captures), and a third of 10 epochs from that one's best network told each capture's lens
+#    (--lens_input, lr 2.5e-4), with thin-line lattices in front of every scene and the detail term
+#    (--lattices 1 --detail_weight 0.5);
 # 3. the best checkpoint (validation L1) exported without optimizer state to weights/$NAME.pth.
-# Sizes for a 2-core CPU (normal: ~70 min + ~60 min, low: ~35 min, stream: ~60 min + ~35 min,
+# Sizes for a 2-core CPU (normal: ~70 min + ~60 min + ~50 min, low: ~35 min, stream: ~60 min + ~35 min,
 # each beside other jobs); on a GPU raise EPOCH_SIZE/EPOCHS/BATCH/CROP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,12 @@ if [ "$NAME" = normal ]; then
       --lr 5e-4 --seed 1 --crop_size "$CROP" --batch_size "$BATCH" --epoch_size "$EPOCH_SIZE" \
       --epochs_coarse "${CYCLE2_EPOCHS:-24}" $(resume "$EXP-cycle2")
   BEST=exp/$EXP-cycle2/ckpts/checkpoint_best.pth
+  # a third cycle told each capture's lens (the validation files store theirs; a stream whose lens
+  # is not known is read at the 0.5 px reference), lattices in every scene, the detail term
+  $PY train.py "${COMMON[@]}" --data_root "$DATA" --exp_name "$EXP-cycle3" "${NETWORK[@]}" --init "$BEST" \
+      --lr 2.5e-4 --seed 2 --crop_size "$CROP" --batch_size "$BATCH" --epoch_size "$EPOCH_SIZE" \
+      --epochs_coarse "${CYCLE3_EPOCHS:-10}" --lens_input --lattices 1 --detail_weight 0.5 $(resume "$EXP-cycle3")
+  BEST=exp/$EXP-cycle3/ckpts/checkpoint_best.pth
 fi
 if [ "$NAME" = stream ]; then
   # recordings of 19 steps (950 frames) cost the simulator ~4 s each on a CPU: small crops, and
