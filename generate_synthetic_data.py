@@ -764,6 +764,15 @@ def changed_fields(old, new, now="now"):
             if old.get(k) != new.get(k)]
 
 
+BASE_KEYS = ["spk", "label", "label_name", "gt"]    # what files held before the record named them
+
+
+def sample_keys(cfg):
+    """The keys of every file this camera's samples are saved with (save_sample). In the settings
+    record, so that files made before a key was added (lens_px) are not kept as if current."""
+    return BASE_KEYS + (["lens_px"] if cfg.lens_blur_px[1] > 0 else [])
+
+
 def camera_record(cfg):
     """A CameraConfig as a settings record holds it (tuples as lists)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -773,6 +782,8 @@ def check_settings(data_root, data_type, settings, overwrite):
     """Before any file is written: a data folder holding files made with other settings (or with
     none recorded) is refused, or with --overwrite emptied -> how many of its files are kept."""
     old = read_settings(data_root, data_type)
+    if old is not None and "keys" not in old:     # recorded before the keys were: BASE_KEYS files
+        old = {**old, "keys": BASE_KEYS}
     folders = [os.path.join(data_root, DATASET_DIRS[data_type], split) for split in ("train", "test")]
     names = [(d, f) for d in folders if os.path.isdir(d) for f in os.listdir(d)]
     for d, f in names:
@@ -861,7 +872,7 @@ def generate(p, args):
     settings = {data_type: json.loads(json.dumps({
         "dataset": data_type, "light": args.light, "camera": camera_record(cfg), "frame_hw": frame_hw,
         "num_frames": args.num_frames, "seed": args.seed, "source": source, "num_train": args.num_train,
-        "num_test": args.num_test})) for data_type in data_types}          # tuples -> lists, as read back
+        "num_test": args.num_test, "keys": sample_keys(cfg)})) for data_type in data_types}   # tuples -> lists
     sources = {}
     for data_type in data_types:     # every check before the first file is touched
         if args.source_dir:

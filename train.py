@@ -320,7 +320,7 @@ def simulated_train_set(args, val_files, bins):
             check_archives(val_files.files, ("spk", "label", "lens_px"))
         except SpikeDataError as e:
             raise InputError(f"--lens_input: {e}; files simulated before generate_synthetic_data.py stored "
-                             "the lens must be made again") from None
+                             "the lens must be made again (its --overwrite)") from None
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")

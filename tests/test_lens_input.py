@@ -2,6 +2,7 @@
 the network adds (lens^2 - ref^2) x a second readout, every path computes it the same way, and
 what cannot use it is refused in one line."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -103,6 +104,38 @@ def test_captures_and_files_carry_their_lens(tmp_path):
     # so do the captures simulated on the fly
     streams = gen.SimulatedStreams(str(photo_folder(tmp_path / "photos", 48)), "CIFAR", cfg, 24, 50, length=2)
     assert 0.2 <= float(streams[0]["lens_px"]) <= 0.8
+
+
+def test_files_made_before_the_lens_was_stored_are_not_kept_as_current(tmp_path, capsys):
+    """The settings record names the keys of the files: a folder whose record predates lens_px
+    is refused in one line, and --overwrite makes its files again, now with their lens."""
+    argv = ["--num_train", "1", "--num_test", "0", "--frame_size", "40", "--data_root", str(tmp_path),
+            "--workers", "1", "--light", "normal"]
+    assert gen.main(argv) == 0
+    record = tmp_path / "U-CIFAR" / "simulation.json"
+    settings = json.loads(record.read_text())
+    assert settings["keys"][-1] == "lens_px"
+    for f in (tmp_path / "U-CIFAR" / "train").glob("*.npz"):      # as an older version wrote them
+        with np.load(f) as z:
+            np.savez(f, **{k: z[k] for k in z.files if k != "lens_px"})
+    del settings["keys"]
+    record.write_text(json.dumps(settings))
+    capsys.readouterr()
+    assert gen.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "keys ['spk', 'label', 'label_name', 'gt'] (now [" in err and "'lens_px']" in err
+    assert "--overwrite" in err and len(err.splitlines()) == 1
+    assert gen.main(argv + ["--overwrite"]) == 0
+    assert all("lens_px" in np.load(f).files for f in (tmp_path / "U-CIFAR" / "train").glob("*.npz"))
+    # a camera without a lens writes the files it always wrote: an older record of one is current
+    low = tmp_path / "low"
+    assert gen.main(argv[:7] + [str(low), "--workers", "1", "--light", "low"]) == 0
+    record = low / "U-CIFAR" / "simulation.json"
+    settings = json.loads(record.read_text())
+    del settings["keys"]
+    record.write_text(json.dumps(settings))
+    assert gen.main(argv[:7] + [str(low), "--workers", "1", "--light", "low"]) == 0
+    assert "10 made before with these settings are kept" in capsys.readouterr().out
 
 
 def test_a_bad_lens_in_a_file_is_a_one_line_error(tmp_path):
