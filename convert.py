@@ -78,6 +78,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.frame is not None and args.to != "nir":
         p.error("--frame is for --to nir (ONNX graphs take any frame size)")
+    if args.lens_px is not None and args.to == "checkpoint":
+        p.error("--lens_px is for --to nir and --to onnx (a converted checkpoint keeps what it has)")
     if args.data_type is not None and args.to != "checkpoint":
         p.error("--dataset is for --to checkpoint")
     return args

@@ -249,7 +249,8 @@ def load_npz(path, num_classes=None, with_gt=False, with_lens=False):
         raise SpikeDataError(f"{path}: label {label} out of range [0, {num_classes})")
     if lens_px is not None:
         if lens_px.size != 1 or lens_px.dtype.kind != "f" or not 0 <= float(lens_px) < 100:
-            raise SpikeDataError(f"{path}: 'lens_px' must be one blur std in px, got {lens_px.dtype} {lens_px.shape}")
+            raise SpikeDataError(f"{path}: 'lens_px' must be one blur std in px, in [0, 100), got "
+                                 f"{lens_px.dtype} {lens_px.shape} {lens_px.ravel()[:2].tolist()}")
         lens_px = float(lens_px)
     if not with_gt:
         return (spk, label, label_name, lens_px) if with_lens else (spk, label, label_name)

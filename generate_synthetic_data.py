@@ -148,7 +148,7 @@ def simulate_spikes(canvas, num_frames, cfg, sensor, rng, size=(FRAME_SIZE, FRAM
 
     canvas: float32 [H+2m, W+2m] grey image in [0,1] with a margin m for the motion.
     Returns (spk uint8 [num_frames, H, W], gt uint8 [H, W] = the clean centre frame), with_lens
-    also the capture's lens blur std in px (0 without a lens).
+    also the capture's lens blur std in px (None without a lens).
     """
     margin = min(canvas.shape[0] - size[0], canvas.shape[1] - size[1]) // 2
     # straight drift through the centre of the stream, plus a little jitter
@@ -180,11 +180,12 @@ def lens_blur(light, sigma):
 
 def camera(light, cfg, sensor, rng):
     """The integrate-and-fire camera: light float32 [F, H, W] (grey in [0,1]) -> (spikes uint8
-    [F, H, W], the lens blur std drawn for this capture in px). The lens blurs the light
+    [F, H, W], the lens blur std drawn for this capture in px, None without a lens, as the
+    files of such a camera store none). The lens blurs the light
     (cfg.lens_blur_px; no draw from rng when it is off, so such a camera's captures stay as they
     were), the noise of every frame is drawn at once (vectorised), then the sequential
     integrate-and-fire walks the frames."""
-    lens_px = 0.0
+    lens_px = None
     if cfg.lens_blur_px[1] > 0:
         lens_px = float(rng.uniform(*cfg.lens_blur_px))
         light = lens_blur(light, lens_px)
@@ -368,7 +369,7 @@ def simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, size, gt_frame
 
     Returns (spk uint8 [num_frames, H, W], gt uint8 [len(gt_frames), H, W]): the clean scene at
     the (possibly fractional) frame instants gt_frames, default the centre instant; with_lens
-    also the capture's lens blur std in px (0 without a lens)."""
+    also the capture's lens blur std in px (None without a lens)."""
     t0 = (num_frames - 1) / 2
     gt_frames = [t0] if gt_frames is None else list(gt_frames)
     jitter = cfg.jitter_px * rng.standard_normal((num_frames, 2)).astype(np.float32)
@@ -683,8 +684,7 @@ def _make_one(task):
         layers = random_scene(photos, frame_hw, cfg, rng)
         spk, gt, lens_px = simulate_layered_spikes(layers, num_frames, cfg, sensor, rng, frame_hw, with_lens=True)
         gt = gt[0]
-    save_sample(path, spk, label, sample_name(src_name, class_name), gt,
-                lens_px if cfg.lens_blur_px[1] > 0 else None)
+    save_sample(path, spk, label, sample_name(src_name, class_name), gt, lens_px)
     return path
 
 

@@ -211,6 +211,8 @@ def get_args(argv=None):
     if args.lens_input and not (args.arch == "snn" and args.encoding == "direct" and not args.stateful):
         p.error("--lens_input weights a window's readout of a direct-encoding SNN: --arch snn --encoding direct, "
                 "without --stateful")
+    if args.lens_input and args.simulate_from and not LIGHT[args.light].lens_blur_px[1] > 0:
+        p.error(f"--lens_input: the --light {args.light} camera has no lens to tell the network of (--light normal has)")
     if args.flicker_weight and not args.stateful:
         p.error("--flicker_weight scores consecutive output frames of a --stateful recording; give --stateful K")
     if args.lattices and not (args.simulate_from and LIGHT[args.light].layers):
@@ -315,12 +317,6 @@ def simulated_train_set(args, val_files, bins):
                                  UHSR_FRAMES, exclude=used, length=args.epoch_size, seed=args.seed, lattices=args.lattices)
     check_same_camera(train_set, val_files, args.light)
     check_recorded_camera(args.data_root, args.data_type, LIGHT[args.light], args.light)
-    if args.lens_input:      # validation must tell the network each file's lens, as training does
-        try:
-            check_archives(val_files.files, ("spk", "label", "lens_px"))
-        except SpikeDataError as e:
-            raise InputError(f"--lens_input: {e}; files simulated before generate_synthetic_data.py stored "
-                             "the lens must be made again (its --overwrite)") from None
     print(f"training on streams simulated on the fly ({args.light} light) from {len(train_set.images)} "
           f"images of {args.simulate_from} ({len(used)} excluded: validation/test scenes); "
           f"validation: the {len(val_files)} files of {val_files.root}")
@@ -916,6 +912,12 @@ def build_data(args, bins, device, rank, world):
     cache_path = default_cache_path(args.data_root, args.data_type, "train") if args.cache is True else args.cache
     full = UHSRDataset(args.data_root, args.data_type, "train", bins=bins, num_frames=UHSR_FRAMES,
                        crop_size=args.crop_size, with_baselines=True, cache_path=cache_path)
+    if args.lens_input:      # every file must tell the network its lens (NaN would train nothing)
+        try:
+            check_archives(full.files, ("spk", "label", "lens_px"))
+        except SpikeDataError as e:
+            raise InputError(f"--lens_input: {e}; files simulated with a lens before generate_synthetic_data.py "
+                             "stored it must be made again (its --overwrite)") from None
     if args.simulate_from:
         train_set, val_idx = simulated_train_set(args, full, bins), list(range(len(full)))
     else:

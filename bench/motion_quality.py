@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import UHSR_FRAMES, center_window, load_npz, read_dat, voxelize        # noqa: E402
 from metrics import masked_psnr, moving_mask, neighbour_difference, psnr, ssim       # noqa: E402
 from models import load_checkpoint, model_from_checkpoint, to_image                  # noqa: E402
-from utils import tfi, tfp                                                           # noqa: E402
+from utils import non_negative_float, tfi, tfp                                      # noqa: E402
 
 RATE = 0.6   # the normal-light camera's (and REDS_BASE's) white-pixel firing rate
 
@@ -108,7 +108,7 @@ def main(argv=None):
                                       "validation files that choose a recipe")
     p.add_argument("--sim_limit", type=int, default=40, help="score at most this many simulated files")
     p.add_argument("--checkpoint", nargs="*", default=[])
-    p.add_argument("--lens_px", type=float, help="tell networks with a lens input this lens blur (std px) for "
+    p.add_argument("--lens_px", type=non_negative_float, help="tell networks with a lens input this lens blur (std px) for "
                                                  "every stream, not the one a file stores")
     args = p.parse_args(argv)
     networks = []

@@ -386,3 +386,6 @@ def test_a_lens_input_network_is_exported_for_one_lens(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--lens_px 0.2" in err and "no lens input" in err
     assert not os.path.exists(tmp_path / "p.onnx")
+    with pytest.raises(SystemExit) as e:      # a converted checkpoint keeps its lens input
+        convert.get_args(["--checkpoint", str(path), "--to", "checkpoint", "--output", "x.pth", "--lens_px", "0.2"])
+    assert e.value.code == 2

@@ -88,7 +88,7 @@ def test_captures_and_files_carry_their_lens(tmp_path):
     assert np.array_equal(spk, spk2) and np.array_equal(gt, gt2)      # asking for it draws nothing more
     assert cfg.lens_blur_px[0] <= lens <= cfg.lens_blur_px[1]
     no_lens = dataclasses.replace(cfg, lens_blur_px=(0.0, 0.0))
-    assert gen.simulate_spikes(canvas, 50, no_lens, sensor, np.random.default_rng(1), (24, 24), with_lens=True)[2] == 0
+    assert gen.simulate_spikes(canvas, 50, no_lens, sensor, np.random.default_rng(1), (24, 24), with_lens=True)[2] is None
     # generated files store it (a camera with a lens), and the dataset items hand it on
     gen.main(["--num_train", "1", "--num_test", "0", "--frame_size", "40", "--data_root", str(tmp_path / "normal"),
               "--workers", "1", "--light", "normal"])
@@ -178,7 +178,14 @@ def test_train_with_lens_input_from_a_network_without_one(tmp_path, tiny_data, m
     err = capsys.readouterr().err.strip()
     assert "--lens_input" in err and "missing key 'lens_px'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "exp" / "old" / "ckpts").exists()
-    for extra in (["--encoding", "temporal"], ["--arch", "ann"], ["--stateful", "4"]):
+    # so are such files trained on (their lens would be read as the reference: nothing learned)
+    files_mode = ["--data_root", str(old), "--exp_root", str(tmp_path / "exp"), *TINY_TRAIN, "--exp_name",
+                  "oldfiles", "--lens_input", "--recon_target", "gt", "--epochs_coarse", "1", "--epochs_prompt",
+                  "0", "--epochs_fine", "0"]
+    assert train.main(files_mode) == 2
+    assert "missing key 'lens_px'" in capsys.readouterr().err
+    for extra in (["--encoding", "temporal"], ["--arch", "ann"], ["--stateful", "4"],
+                  ["--simulate_from", str(src), "--light", "low"]):
         with pytest.raises(SystemExit) as e:
             train.get_args(["--lens_input", *extra])
         assert e.value.code == 2 and "--lens_input" in capsys.readouterr().err
