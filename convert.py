@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from dataset import one_dataset
-from models import (SpikingLRN, fold_batchnorm, is_original, load_checkpoint,
+from models import (SpikingLRN, check_lens_px, fold_batchnorm, has_lens_input, is_original, load_checkpoint,
                     model_from_checkpoint, model_name)
 from utils import InputError, atomic_torch_save, atomic_write, non_negative_float, report_input_error
 
@@ -278,7 +278,7 @@ def original_to_checkpoint(args):
 
 def check_lens_fixed(model):
     """The graphs hold one readout: a lens input must be folded into it first (fix_lens)."""
-    if getattr(model, "lens_readout", None) is not None:
+    if has_lens_input(model):
         raise ValueError("a network with a lens input is exported for one lens: call fix_lens() first")
 
 
@@ -289,9 +289,7 @@ def run(args):
         return original_to_checkpoint(args)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
-    if args.lens_px is not None and getattr(model, "lens_readout", None) is None:
-        raise InputError(f"--lens_px {args.lens_px:g}: {args.checkpoint} has no lens input (trained without "
-                         "train.py --lens_input)")
+    check_lens_px(model, args.lens_px, args.checkpoint)
     model.fix_lens(args.lens_px)
     if args.to == "onnx":
         export_onnx(model, args.output)

@@ -406,9 +406,10 @@ def numeric_sort_key(filename):
 #            frames packed along time, pack_frames(): uint8 [ceil(num_frames / 8), H, W]
 # The footer names every source file with its size and mtime (a Dataset whose files are not all
 # in it unchanged finds it stale) and holds each record's label, lens blur (or null) and crc32
-# (checked when the cache is opened). Packing along time lets voxelize_packed() bin without unpacking. The magic at both
-# ends marks the file as ours: train.py --cache rebuilds only a file of ours (stale, damaged or of
-# other settings), never another file that happens to be at that path.
+# (checked when the cache is opened). Packing along time lets voxelize_packed() bin without
+# unpacking. The magic at both ends marks the file as ours: train.py --cache rebuilds only a
+# file of ours (stale, damaged or of other settings), never another file that happens to be at
+# that path.
 
 CACHE_MAGIC = b"SPKCACHE"
 CACHE_VERSION = 3     # 3: each record's lens_px

@@ -18,7 +18,8 @@ the seed and the split, shared by every sample of that split.
 Output: `<data_root>/U-{CIFAR,CALTECH}/{train,test}/<index>.npz` with `spk` uint8 [T,250,250],
 `label` int64, `label_name` (the source file, as in UHSR) and `gt` uint8 [250,250], the clean
 centre frame; with a camera that has a lens (normal light) also `lens_px` float32, the capture's
-lens blur std in px (what train.py --lens_input tells the network). Train files are numbered 0..N-1 and test files continue from N (as U-CALTECH).
+lens blur std in px (what train.py --lens_input tells the network). Train files are numbered
+0..N-1 and test files continue from N (as U-CALTECH).
 `<data_root>/U-<type>/simulation.json` records the settings the files were made with (camera,
 light, frames, seed, source, counts): a rerun with the same settings completes an interrupted
 one, a rerun with other settings is refused unless --overwrite (which replaces the files).

@@ -718,6 +718,18 @@ class PlainLRN(nn.Module):
         return self.skip(x if x.is_floating_point() else x.float())
 
 
+def has_lens_input(model):
+    """Whether the network takes the lens blur of a capture (SpikingLRN lens_ref_px)."""
+    return getattr(model, "lens_readout", None) is not None
+
+
+def check_lens_px(model, lens_px, path):
+    """--lens_px given for the network of checkpoint `path`: refused (one line) when it has no lens
+    input to be told it."""
+    if lens_px is not None and not has_lens_input(model):
+        raise InputError(f"--lens_px {lens_px:g}: {path} has no lens input (trained without train.py --lens_input)")
+
+
 def build_model(config, backend="fast"):
     """Rebuild a network from config() (as stored in a checkpoint)."""
     arch = config.get("arch")

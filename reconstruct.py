@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from dataset import (UHSR_FRAMES, SpikeDataError, center_crop, dat_frame_bytes, dat_frame_count, load_npz,
                      numeric_sort_key, unpack_dat_frames, voxelize)
-from models import (PRECISIONS, SpikingLRN, default_precision, load_checkpoint, model_from_checkpoint, model_name,
-                    prepare_for_inference, to_image)
+from models import (PRECISIONS, SpikingLRN, check_lens_px, default_precision, load_checkpoint, model_from_checkpoint,
+                    model_name, prepare_for_inference, to_image)
 from utils import (InputError, atomic_output, atomic_write, check_output_folder, non_negative_float, non_negative_int,
                    pick_device, positive_float, positive_int, remove_stale_temp_files, report_input_error, tfi, tfp)
 
@@ -405,9 +405,7 @@ def run(args):
     if WINDOW % model.input_channels:
         raise InputError(f"{args.checkpoint}: the network takes {model.input_channels} bins, which "
                          f"{WINDOW} frames do not fill evenly")
-    if args.lens_px is not None and getattr(model, "lens_readout", None) is None:
-        raise InputError(f"--lens_px {args.lens_px:g}: {args.checkpoint} has no lens input (trained without "
-                         "train.py --lens_input)")
+    check_lens_px(model, args.lens_px, args.checkpoint)
     stateful = kind != "png" and is_stateful(model, args.sliding)     # one image: one window
     if args.reset_every and not stateful:
         raise InputError("--reset_every needs a stateful run (a temporal-encoding SNN, no --sliding, "

@@ -886,17 +886,19 @@ def build_lrn(args, device):
     return model
 
 
+INIT_NEW_PARTS = {"image_gate": "image gate", "lens_ref_px": "lens readout"}   # config key -> name
+
+
 def init_from(model, path, backend, is_main):
     """--init: the network's weights and BN statistics from a trained checkpoint, refused (one
     line) when it is another architecture. The differences allowed: --image_gate or --lens_input
     on a network trained without it, whose new part then starts from its initialisation."""
     ckpt = load_checkpoint(path)
     expect = model.config()
-    new_parts = [name for key, name in (("image_gate", "image gate"), ("lens_ref_px", "lens readout"))
-                 if key in expect and key not in ckpt["model_config"]]
-    for key in ("image_gate", "lens_ref_px"):
-        if key not in ckpt["model_config"]:
-            expect.pop(key, None)
+    trained_without = [key for key in INIT_NEW_PARTS if key not in ckpt["model_config"]]
+    new_parts = [INIT_NEW_PARTS[key] for key in trained_without if key in expect]
+    for key in trained_without:
+        expect.pop(key, None)
     trained = model_from_checkpoint(ckpt, path, backend, expect_config=expect)
     if trained.config() != expect:       # e.g. a gated checkpoint for a run without --image_gate
         raise CheckpointError(f"{path}: checkpoint is from another architecture ({model_name(trained.config())}, "

@@ -51,8 +51,8 @@ def assert_same_items(a, b):
         for key in x:
             if isinstance(x[key], torch.Tensor):
                 assert x[key].dtype == y[key].dtype and x[key].shape == y[key].shape, key
-                assert torch.equal(x[key], y[key]) or (x[key].isnan() == y[key].isnan()).all() and \
-                    torch.equal(x[key].nan_to_num(), y[key].nan_to_num()), f"item {i}: {key} differs"
+                torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, equal_nan=True,
+                                           msg=f"item {i}: {key} differs")
             else:
                 assert x[key] == y[key], f"item {i}: {key} differs"
 
